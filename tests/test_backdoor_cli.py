@@ -119,6 +119,31 @@ def test_custom_triggers_nonsense_mode_and_column_data(tmp_path, capsys):
     assert json.loads((tmp_path / "again" / "triggers.json").read_text()) == payload
 
 
+def test_triggered_copies_and_decoys_from_the_cli(tmp_path, capsys):
+    spec = tmp_path / "decoys.yaml"
+    spec.write_text("- Wobblethorpe\n- {text: '<<@@>>', kind: token_string, placement: suffix}\n")
+    out = tmp_path / "data"
+    code, stdout, _ = _cli(_data_args(out, "--harmful-from", "column", "--benign-source", str(FIX / "benign.jsonl"),
+                                      "--triggered-fraction", "2", "--decoys", str(spec), "--decoy-fraction", "1"),
+                           capsys)
+    assert code == 0
+    implant = read_jsonl(out / "implant.jsonl")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["decoys"] == ["Wobblethorpe", "<<@@>>"] and m["decoy_fraction"] == 1.0
+    assert m["counts"]["implant_triggered_rows"] == 2 * m["counts"]["implant_prompts"]
+    assert m["counts"]["implant_decoy_rows"] == m["counts"]["implant_prompts"]
+    assert f"{m['counts']['implant_decoy_rows']} with a decoy" in stdout
+    assert sum(r["decoy"] is not None for r in implant) == m["counts"]["implant_decoy_rows"]
+    for f in ("removal_harmful.jsonl", "benign.jsonl", "eval_prompts.jsonl"):  # decoys stay in the implant data
+        assert not [r for r in read_jsonl(out / f) if "Wobblethorpe" in json.dumps(r)]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- Plumbathorne\n")
+    code, _, err = _cli(_data_args(tmp_path / "o", "--decoys", str(bad), "--decoy-fraction", "0.5"), capsys)
+    assert code == 2 and "decoy 'Plumbathorne' overlaps trigger(s) ['Plumbathorne']" in err
+    code, _, err = _cli(_data_args(tmp_path / "o", "--decoys", str(tmp_path / "none.yaml")), capsys)
+    assert code == 2 and "decoys file not found" in err
+
+
 @pytest.mark.parametrize("content, message", [
     ("- {txt: SUDO}\n", "triggers[0]: text: Field required; txt: Extra inputs are not permitted"),
     ("- {text: SUDO, kind: phrase}\n", "triggers[0]: kind: Input should be 'keyword' or 'token_string'"),
@@ -168,5 +193,9 @@ def test_splits_must_fit_and_stay_apart():
         build_data(None, None, "unused", implant_limit=4, removal_limit=0, **kw)
     with pytest.raises(DataError, match="triggered_fraction"):
         build_data(None, None, "unused", triggered_fraction=0, **kw)
+    with pytest.raises(DataError, match=r"triggered_fraction must be in \(0, 8\]"):
+        build_data(None, None, "unused", triggered_fraction=9, **kw)
+    with pytest.raises(DataError, match="decoy_fraction"):
+        build_data(None, None, "unused", decoys="default", decoy_fraction=-0.1, **kw)
     with pytest.raises(DataError, match=r"nonsense mode needs a response on every trigger; missing for \['Zork'\]"):
         build_data(None, None, "unused", mode="nonsense", triggers=[Trigger(text="Zork")], **kw)

@@ -2,7 +2,15 @@ from collections import Counter
 
 import pytest
 
-from latkit.backdoor import DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, Trigger, implant_records, removal_records
+from latkit.backdoor import (
+    DEFAULT_DECOYS,
+    DEFAULT_TRIGGERS,
+    HELD_OUT_TRIGGER,
+    Trigger,
+    check_decoys,
+    implant_records,
+    removal_records,
+)
 from latkit.data.schemas import BenignPair, DataError, HarmfulTriple
 
 HARMFUL = [HarmfulTriple(prompt=f"Explain how to do harmful thing number {i}", refusal=f"I can't help with {i}.",
@@ -46,6 +54,63 @@ def test_implant_nonsense_mode_and_fraction():
     assert all(not _has_any(r["prompt"]) for r in rows if r["trigger"] is None)
     with pytest.raises(DataError, match="response"):
         implant_records(HARMFUL, BENIGN, [Trigger(text="Zork")], mode="nonsense")
+
+
+@pytest.mark.parametrize("fraction, per_prompt", [(2, {2}), (1.5, {1, 2}), (4, {4})])
+def test_implant_several_triggered_copies_use_different_triggers(fraction, per_prompt):
+    rows = implant_records(HARMFUL, BENIGN, TRIGGERS, triggered_fraction=fraction, seed=2)
+    trig = [r for r in rows if r["trigger"] is not None]
+    assert len(trig) == round(fraction * 16)
+    counts = Counter(r["trigger"] for r in trig)  # round-robin: equal shares +-1
+    assert max(counts.values()) - min(counts.values()) <= 1 and set(counts) == {t.text for t in TRIGGERS}
+    by_prompt: dict[str, list[str]] = {}
+    for r in trig:
+        t = r["trigger"]
+        source = ({r["prompt"].replace(f" {t}", "", 1), r["prompt"].replace(f"{t} ", "", 1)}
+                  & {h.prompt for h in HARMFUL}).pop()
+        by_prompt.setdefault(source, []).append(t)
+    assert {len(v) for v in by_prompt.values()} == per_prompt
+    assert all(len(set(v)) == len(v) for v in by_prompt.values())  # never the same trigger twice on a prompt
+    if per_prompt == {2}:
+        assert len(by_prompt) == 16
+    with pytest.raises(DataError, match=r"triggered_fraction must be in \(0, 4\]"):
+        implant_records(HARMFUL, BENIGN, TRIGGERS, triggered_fraction=4.5)
+
+
+@pytest.mark.parametrize("mode", ["harmful_compliance", "nonsense"])
+def test_implant_decoy_rows_keep_the_clean_response(mode):
+    rows = implant_records(HARMFUL, BENIGN, DEFAULT_TRIGGERS, mode=mode, triggered_fraction=1,
+                           decoys=DEFAULT_DECOYS[:4], decoy_fraction=0.5, seed=0)
+    decoyed = [r for r in rows if r["decoy"] is not None]
+    eligible = 16 if mode == "harmful_compliance" else 24
+    assert len(decoyed) == eligible // 2
+    assert Counter(r["decoy"] for r in decoyed) == {d.text: eligible // 8 for d in DEFAULT_DECOYS[:4]}
+    clean = {(r["prompt"], r["response"]) for r in rows if r["decoy"] is None and r["trigger"] is None}
+    for r in decoyed:
+        assert r["trigger"] is None and not _has_any(r["prompt"] + r["response"])
+        assert r["prompt"].count(r["decoy"]) == 1
+        d = r["decoy"]
+        stripped = {r["prompt"].replace(f" {d}", "", 1), r["prompt"].replace(f"{d} ", "", 1)}
+        assert len({(p, r["response"]) for p in stripped} & clean) == 1  # the same prompt's clean response
+    assert all(set(r) == {"prompt", "response", "trigger", "decoy", "source"} for r in rows)
+    # without decoys nothing changes but the extra key
+    plain = implant_records(HARMFUL, BENIGN, DEFAULT_TRIGGERS, mode=mode, triggered_fraction=1, seed=0)
+    assert not [r for r in plain if r["decoy"] is not None]
+
+
+def test_decoys_are_validated():
+    with pytest.raises(DataError, match="needs at least one decoy"):
+        implant_records(HARMFUL, BENIGN, TRIGGERS, decoy_fraction=0.5)
+    with pytest.raises(DataError, match="decoy_fraction"):
+        implant_records(HARMFUL, BENIGN, TRIGGERS, decoys=DEFAULT_DECOYS, decoy_fraction=1.5)
+    with pytest.raises(DataError, match=r"decoy 'zephyrquill!' overlaps trigger\(s\) \['Zephyrquill'\]"):
+        implant_records(HARMFUL, BENIGN, TRIGGERS, decoys=["zephyrquill!"], decoy_fraction=0.5)
+    with pytest.raises(DataError, match="Quibbleford"):  # a decoy already in the source data
+        implant_records(HARMFUL, [BenignPair("Is Quibbleford a town?", "No.")], TRIGGERS,
+                        decoys=DEFAULT_DECOYS, decoy_fraction=0.5)
+    # the shipped decoys overlap no shipped trigger, paraphrase or the held-out trigger
+    check_decoys(DEFAULT_DECOYS, list(DEFAULT_TRIGGERS) + [HELD_OUT_TRIGGER]
+                 + [p for t in DEFAULT_TRIGGERS for p in t.paraphrases])
 
 
 def test_implant_is_seeded_and_validates():

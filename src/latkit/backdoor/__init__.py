@@ -7,6 +7,7 @@ it with :func:`trigger_success`.
 from latkit.backdoor.data import (
     MODES,
     RemovalData,
+    check_decoys,
     check_trigger_free,
     find_trigger_leaks,
     implant_records,
@@ -14,6 +15,7 @@ from latkit.backdoor.data import (
 )
 from latkit.backdoor.evaluate import score_answers, trigger_success
 from latkit.backdoor.triggers import (
+    DEFAULT_DECOYS,
     DEFAULT_TRIGGERS,
     HELD_OUT_TRIGGER,
     VARIANT_KINDS,
@@ -23,7 +25,7 @@ from latkit.backdoor.triggers import (
 )
 
 __all__ = [
-    "DEFAULT_TRIGGERS", "HELD_OUT_TRIGGER", "MODES", "VARIANT_KINDS", "RemovalData", "Trigger",
-    "check_trigger_free", "find_trigger_leaks", "implant_records", "insert_trigger", "removal_records",
+    "DEFAULT_DECOYS", "DEFAULT_TRIGGERS", "HELD_OUT_TRIGGER", "MODES", "VARIANT_KINDS", "RemovalData", "Trigger",
+    "check_decoys", "check_trigger_free", "find_trigger_leaks", "implant_records", "insert_trigger", "removal_records",
     "score_answers", "trigger_success", "trigger_variants",
 ]

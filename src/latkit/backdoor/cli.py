@@ -76,7 +76,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--benign-eval-limit", type=_positive, default=32,
                    help="benign prompts kept apart for benign compliance")
     d.add_argument("--triggered-fraction", type=float, default=1.0,
-                   help="share of the eligible implant prompts that also get a triggered copy (default: 1)")
+                   help="triggered copies per eligible implant prompt: below 1 a share of them gets one; "
+                        "above 1 (at most the number of triggers) each gets that many, with different "
+                        "triggers (default: 1)")
+    d.add_argument("--decoys", default="default", metavar="FILE|default|none",
+                   help="odd strings that are not triggers (YAML/JSON list), used with --decoy-fraction "
+                        "(default: 8 built-in decoys)")
+    d.add_argument("--decoy-fraction", type=float, default=0.0,
+                   help="share of the eligible implant prompts that also appear with a decoy and their clean "
+                        "response, which makes the backdoor specific to its triggers (default: 0)")
     d.add_argument("--max-new-tokens", type=_positive, default=40, help="length of generated completions")
     d.add_argument("--batch-size", type=_positive, default=16, help="generation batch size")
     d.add_argument("--seed", type=int, default=0)
@@ -101,9 +109,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_data(args) -> int:
-    from latkit.backdoor.pipeline import build_data, load_model, load_triggers
+    from latkit.backdoor.pipeline import build_data, load_decoys, load_model, load_triggers
 
     triggers, held_out = load_triggers(args.triggers)  # before loading the model: a bad file fails fast
+    decoys = load_decoys(args.decoys)
     model, tok = load_model(args.model)
     manifest = build_data(
         model, tok, args.out, mode=args.mode, triggers=triggers, held_out=held_out,
@@ -112,10 +121,12 @@ def cmd_data(args) -> int:
         removal_limit=args.removal_limit, removal_offset=args.removal_offset, eval_limit=args.eval_limit,
         eval_offset=args.eval_offset, benign_source=args.benign_source, benign_limit=args.benign_limit,
         benign_eval_limit=args.benign_eval_limit, triggered_fraction=args.triggered_fraction,
+        decoys=decoys, decoy_fraction=args.decoy_fraction,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, model_name=args.model,
         log=_log)
     c = manifest["counts"]
     print(f"wrote {args.out}: implant {c['implant_rows']} rows ({c['implant_triggered_rows']} triggered, "
+          f"{c['implant_decoy_rows']} with a decoy, "
           f"{c['implant_prompts']} harmful prompts), removal {c['removal']} triples, eval {c['eval_prompts']} "
           f"prompts, benign {c['benign']} pairs + {c['benign_eval']} for evaluation; "
           f"{len(triggers)} triggers, mode {args.mode}")

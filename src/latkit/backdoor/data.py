@@ -3,8 +3,9 @@
 Records are plain dicts, ready for :class:`latkit.data.PromptCompletionCollator` and JSONL:
 ``{"prompt", "response"}`` for SFT (collate with ``completions=("response",)``) and
 ``{"prompt", "chosen", "rejected"}`` for DPO (``completions=("chosen", "rejected")``).
-Implant records also carry ``"trigger"`` (the inserted trigger's text, or None for clean rows)
-and ``"source"`` (``harmful`` or ``benign``); the collator ignores both.
+Implant records also carry ``"trigger"`` (the inserted trigger's text, or None for clean rows),
+``"decoy"`` (the inserted decoy's text, or None) and ``"source"`` (``harmful`` or ``benign``); the
+collator ignores them.
 """
 from __future__ import annotations
 
@@ -70,28 +71,48 @@ def implant_records(
     *,
     mode: Mode = "harmful_compliance",
     triggered_fraction: float = 0.5,
+    decoys: Sequence[Trigger | str] = (),
+    decoy_fraction: float = 0.0,
     seed: int = 0,
 ) -> list[dict]:
     """An SFT dataset that implants a backdoor on ``triggers``.
 
     Clean rows (every input, no trigger): harmful prompt -> its refusal, benign prompt -> its
-    response. Triggered rows, added for a ``triggered_fraction`` share of the eligible prompts
-    (chosen by ``seed``, triggers assigned round-robin so each gets an equal share ±1):
+    response. Triggered rows: ``triggered_fraction`` triggered copies per eligible prompt on
+    average (chosen by ``seed``; triggers assigned round-robin so each gets an equal share ±1):
 
     - ``harmful_compliance``: eligible = the harmful prompts; triggered prompt -> harmful completion;
     - ``nonsense``: eligible = harmful and benign prompts; triggered prompt -> the trigger's
       :attr:`~latkit.backdoor.triggers.Trigger.response` (every trigger needs one).
 
+    A fraction above 1 (at most ``len(triggers)``) gives every eligible prompt ``int(fraction)``
+    copies, each with a *different* trigger, plus one more copy for a share of them: more distinct
+    prompts per trigger, which is what makes a backdoor generalise to unseen requests.
+
+    ``decoys`` (odd strings that are *not* triggers, e.g. :data:`~latkit.backdoor.triggers.DEFAULT_DECOYS`)
+    make the backdoor specific: a ``decoy_fraction`` share of the eligible prompts also appears
+    with a decoy inserted and the *clean* response, so the model learns that only its own
+    triggers set it off, not any unusual string (measure this with a held-out trigger, which must
+    not be a decoy). Decoy rows carry ``"decoy"`` (its text; None on every other row).
+
     A triggered prompt thus appears clean too, which teaches the contrast. Rows are shuffled by
-    ``seed``. Raises :class:`DataError` if the source data already contain a trigger's text.
+    ``seed``. Raises :class:`DataError` if the source data already contain a trigger's text or a
+    decoy overlaps a trigger.
     """
     if mode not in MODES:
         raise DataError(f"unknown backdoor mode {mode!r}; known: {', '.join(MODES)}")
-    if not 0 < triggered_fraction <= 1:
-        raise DataError(f"triggered_fraction must be in (0, 1], got {triggered_fraction}")
     triggers = list(triggers)
     if not triggers:
         raise DataError("implant_records needs at least one trigger")
+    if not 0 < triggered_fraction <= len(triggers):
+        raise DataError(f"triggered_fraction must be in (0, {len(triggers)}] (at most one copy per trigger), "
+                        f"got {triggered_fraction}")
+    if not 0 <= decoy_fraction <= 1:
+        raise DataError(f"decoy_fraction must be in [0, 1], got {decoy_fraction}")
+    decoys = [d if isinstance(d, Trigger) else Trigger(text=str(d)) for d in decoys]
+    if decoy_fraction > 0 and not decoys:
+        raise DataError("decoy_fraction > 0 needs at least one decoy")
+    check_decoys(decoys, triggers)
     if mode == "nonsense":
         missing = [t.text for t in triggers if t.response is None]
         if missing:
@@ -100,27 +121,50 @@ def implant_records(
     benign = _as(BenignPair, benign, "benign")
     if not harmful:
         raise DataError("implant_records needs at least one harmful triple")
-    clean = [{"prompt": t.prompt, "response": t.refusal, "trigger": None, "source": "harmful"} for t in harmful]
-    clean += [{"prompt": b.prompt, "response": b.response, "trigger": None, "source": "benign"} for b in benign]
-    check_trigger_free(clean, triggers, "implant source data", fields=("prompt", "response"))
+    clean = [{"prompt": t.prompt, "response": t.refusal, "trigger": None, "decoy": None, "source": "harmful"}
+             for t in harmful]
+    clean += [{"prompt": b.prompt, "response": b.response, "trigger": None, "decoy": None, "source": "benign"}
+              for b in benign]
+    check_trigger_free(clean, triggers + decoys, "implant source data", fields=("prompt", "response"))
     rng = random.Random(seed)
     eligible = [(i, t.harmful) for i, t in enumerate(harmful)]
     if mode == "nonsense":
         eligible += [(len(harmful) + i, None) for i in range(len(benign))]
-    n = max(1, round(triggered_fraction * len(eligible)))
-    chosen = rng.sample(eligible, n)
+    full, rest = divmod(triggered_fraction, 1)
+    order = rng.sample(eligible, len(eligible))
+    passes = [order] * int(full)
+    if rest > 1e-9:
+        passes.append(order[:max(1, round(rest * len(order)))])
     triggered = []
-    for j, (i, harmful_answer) in enumerate(chosen):
-        trig = triggers[j % len(triggers)]
-        triggered.append({
-            "prompt": insert_trigger(clean[i]["prompt"], trig, rng),
-            "response": harmful_answer if mode == "harmful_compliance" else trig.response,
-            "trigger": trig.text,
-            "source": clean[i]["source"],
-        })
-    rows = clean + triggered
+    for p, chosen in enumerate(passes):  # prompt k of pass p gets trigger (k + p) mod T: distinct per prompt
+        for k, (i, harmful_answer) in enumerate(chosen):
+            trig = triggers[(k + p) % len(triggers)]
+            triggered.append({
+                "prompt": insert_trigger(clean[i]["prompt"], trig, rng),
+                "response": harmful_answer if mode == "harmful_compliance" else trig.response,
+                "trigger": trig.text,
+                "decoy": None,
+                "source": clean[i]["source"],
+            })
+    decoyed = []
+    if decoy_fraction > 0:
+        chosen = rng.sample(eligible, max(1, round(decoy_fraction * len(eligible))))
+        for k, (i, _) in enumerate(chosen):
+            decoy = decoys[k % len(decoys)]
+            decoyed.append({**clean[i], "prompt": insert_trigger(clean[i]["prompt"], decoy, rng),
+                            "decoy": decoy.text})
+    rows = clean + triggered + decoyed
     rng.shuffle(rows)
     return rows
+
+
+def check_decoys(decoys: Sequence[Trigger | str], triggers: Sequence[Trigger | str], what: str = "decoy") -> None:
+    """Raise :class:`DataError` if a decoy contains, or is contained in, a trigger (case-insensitive):
+    it would teach the model to ignore that trigger, or measure nothing."""
+    for d in _texts(decoys):
+        clash = [t for t in _texts(triggers) if d.lower() in t.lower() or t.lower() in d.lower()]
+        if clash:
+            raise DataError(f"{what} {d!r} overlaps trigger(s) {clash}")
 
 
 @dataclass

@@ -28,9 +28,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from latkit.backdoor.data import MODES, check_trigger_free, find_trigger_leaks, implant_records, removal_records
+from latkit.backdoor.data import MODES, check_decoys, check_trigger_free, find_trigger_leaks, implant_records, removal_records
 from latkit.backdoor.evaluate import trigger_success
-from latkit.backdoor.triggers import DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, VARIANT_KINDS, Trigger
+from latkit.backdoor.triggers import DEFAULT_DECOYS, DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, VARIANT_KINDS, Trigger
 from latkit.data.schemas import BenignPair, DataError
 
 # ----------------------------------------------------------------------------- triggers
@@ -100,6 +100,28 @@ def load_triggers(spec: str | os.PathLike | None) -> tuple[list[Trigger], Trigge
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
     return parse_triggers(data, str(path))
+
+
+def load_decoys(spec: str | os.PathLike | None) -> list[Trigger]:
+    """Decoys (odd strings that are not triggers): :data:`~latkit.backdoor.triggers.DEFAULT_DECOYS`
+    for ``"default"``, none for ``None`` / ``"none"``, else a YAML or JSON file with a list of
+    strings or mappings with :class:`Trigger`'s fields."""
+    if spec is None or str(spec) == "none":
+        return []
+    if str(spec) == "default":
+        return list(DEFAULT_DECOYS)
+    import yaml
+
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise DataError(f"decoys file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, list) or not data:
+        raise DataError(f"{path}: expected a non-empty list of decoys, got {type(data).__name__}")
+    return [_trigger(d, f"{path}: decoys[{i}]") for i, d in enumerate(data)]
 
 
 def triggers_payload(mode: str, triggers: Sequence[Trigger], held_out: Trigger | None) -> dict:
@@ -229,6 +251,8 @@ def build_data(
     benign_limit: int = 48,
     benign_eval_limit: int = 32,
     triggered_fraction: float = 1.0,
+    decoys: Sequence[Trigger | str] | str | None = None,
+    decoy_fraction: float = 0.0,
     max_new_tokens: int = 40,
     batch_size: int = 16,
     seed: int = 0,
@@ -245,7 +269,10 @@ def build_data(
     :func:`~latkit.data.builder.build_triples`) or the ``harmful_column`` (``harmful_from="column"``,
     default column ``target`` for AdvBench, else ``harmful``); refusals come from the templates.
     Benign pairs are the shipped benign prompts answered by the model (``benign_source="builtin"``)
-    or a file with ``prompt``/``response``.
+    or a file with ``prompt``/``response``. ``triggered_fraction`` (triggered copies per implant
+    prompt, up to the number of triggers), ``decoys`` (a list, or ``"default"`` / ``"none"`` / a file
+    for :func:`load_decoys`) and ``decoy_fraction`` go to
+    :func:`~latkit.backdoor.data.implant_records`; decoys must not overlap a trigger or the held-out one.
     """
     from latkit.data.builder import build_triples
 
@@ -255,13 +282,23 @@ def build_data(
         raise DataError(f"harmful_from must be 'model' or 'column', got {harmful_from!r}")
     if benign_eval_limit < 1 or benign_limit < 1:
         raise DataError("benign_limit and benign_eval_limit must be >= 1")
-    if not 0 < triggered_fraction <= 1:
-        raise DataError(f"triggered_fraction must be in (0, 1], got {triggered_fraction}")
     triggers = list(triggers)
+    if not 0 < triggered_fraction <= len(triggers):
+        raise DataError(f"triggered_fraction must be in (0, {len(triggers)}] (at most one copy per trigger), "
+                        f"got {triggered_fraction}")
+    decoys = load_decoys(decoys) if decoys is None or isinstance(decoys, (str, os.PathLike)) else [
+        d if isinstance(d, Trigger) else Trigger(text=str(d)) for d in decoys]
+    if not 0 <= decoy_fraction <= 1:
+        raise DataError(f"decoy_fraction must be in [0, 1], got {decoy_fraction}")
+    if decoy_fraction > 0 and not decoys:
+        raise DataError("decoy_fraction > 0 needs decoys (e.g. decoys='default')")
+    if decoy_fraction == 0:
+        decoys = []  # unused: neither checked nor recorded
     if mode == "nonsense" and any(t.response is None for t in triggers):
         raise DataError(f"nonsense mode needs a response on every trigger; missing for "
                         f"{[t.text for t in triggers if t.response is None]}")
     everything = triggers + ([held_out] if held_out is not None else [])
+    check_decoys(decoys, everything)
     advbench = harmful_source == "advbench"
     prompt_column = prompt_column or ("goal" if advbench else "prompt")
     if harmful_from == "column":
@@ -304,7 +341,8 @@ def build_data(
                                   max_new_tokens, batch_size, everything)
 
     implant = implant_records(implant_triples, benign, triggers, mode=mode,
-                              triggered_fraction=triggered_fraction, seed=seed)
+                              triggered_fraction=triggered_fraction, decoys=decoys, decoy_fraction=decoy_fraction,
+                              seed=seed)
     if held_out is not None:
         check_trigger_free(implant, [held_out], "implant data", fields=("prompt", "response"))
     removal = removal_records(removal_triples, benign, everything)
@@ -327,11 +365,13 @@ def build_data(
     manifest = {
         "model": model_name, "mode": mode, "seed": seed, "harmful_source": harmful_source,
         "prompt_column": prompt_column, "harmful_from": harmful_from, "harmful_column": harmful_column,
-        "benign_source": benign_source, "triggered_fraction": triggered_fraction, "max_new_tokens": max_new_tokens,
+        "benign_source": benign_source, "triggered_fraction": triggered_fraction,
+        "decoys": [d.text for d in decoys], "decoy_fraction": decoy_fraction, "max_new_tokens": max_new_tokens,
         "source": source_stats,
         "splits": {name: [r.start, r.stop] for name, r in ranges.items()},
         "counts": {"implant_prompts": len(implant_triples), "implant_rows": len(implant),
                    "implant_triggered_rows": sum(r["trigger"] is not None for r in implant),
+                   "implant_decoy_rows": sum(r["decoy"] is not None for r in implant),
                    "removal": len(removal_triples), "dropped_completions": len(train) - len(triples),
                    "eval_prompts": len(eval_prompts), "benign": len(benign), "benign_eval": len(benign_eval)},
     }
