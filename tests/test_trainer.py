@@ -210,3 +210,20 @@ def test_gradient_checkpointing_reaches_the_adversary_and_changes_nothing(tmp_pa
     t.train()
     a, b = trainable(plain), trainable(t)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_training_from_an_adapter_run_starts_from_its_weights(tmp_path):
+    """model.name = a LoRA run dir: its adapter is merged first, then a fresh LoRA trains on top (PEFT's
+    get_peft_model on a PeftModel would silently replace the loaded adapter with the new one)."""
+    from latkit.models.loading import load_model_and_tokenizer
+
+    run(tiny_recipe(), tmp_path / "a")
+    first, _ = load_model_and_tokenizer(str(tmp_path / "a"))
+    fresh = Trainer(tiny_recipe(), tmp_path / "f", progress=False).setup()
+    t = Trainer(tiny_recipe(**{"model.name": str(tmp_path / "a")}), tmp_path / "b", progress=False).setup()
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.no_grad():
+        moved = (first(ids).logits - fresh.inner(ids).logits).abs().max()
+        assert moved > 1e-3  # the first run's adapter does change the function
+        torch.testing.assert_close(t.inner(ids).logits, first(ids).logits, atol=1e-5, rtol=1e-5)
+    assert trainable(t).keys() == trainable(fresh).keys()  # one fresh adapter, nothing nested

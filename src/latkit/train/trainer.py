@@ -23,7 +23,7 @@ import torch
 from latkit.adversary.latent import LatentAdversary, frozen_parameters
 from latkit.data.collator import PromptCompletionCollator
 from latkit.models.adapter import ModelAdapter
-from latkit.models.lora import apply_lora, trainable_parameters
+from latkit.models.lora import apply_lora, is_peft, trainable_parameters
 from latkit.objectives.defender import benign_losses, harmful_losses
 from latkit.objectives.forward import to_device
 from latkit.train.compute import LayerTokenMeter
@@ -126,6 +126,12 @@ class Trainer:
             if not self.is_main:
                 self.harmful, self.benign = self._prepare_data(model, tok)
 
+        if is_peft(model):
+            # a run / adapter dir as the starting model: fold its adapter into the weights first, so the
+            # run trains on top of it (get_peft_model on a PeftModel would replace that adapter), and
+            # "adapters disabled" (the DPO / KL reference) is the model the run started from
+            model = model.merge_and_unload()
+            self._model = model
         if r.finetune.method == "lora":
             model = apply_lora(model, r.finetune.lora)
         else:
