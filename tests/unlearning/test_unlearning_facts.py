@@ -104,6 +104,27 @@ def test_split_is_disjoint_and_relearn_never_shows_eval_facts(facts):
     assert len(two.forget) == 18 and not two.relearn and two.forget_eval == two.forget
 
 
+@pytest.mark.parametrize("n", [9, 24])
+def test_forget_eval_distractors_are_never_relearn_answers(n):
+    facts = fictional_facts(n_per_topic=n, seed=0)
+    split = split_forget_retain(facts, "scientist", relearn_fraction=0.5, seed=0)
+    relearn_answers = {f.answer for f in split.relearn}
+    old = {f.id: f for f in facts}
+    assert any(set(old[f.id].distractors) & relearn_answers for f in split.forget_eval)  # the case being fixed
+    for f in split.forget_eval:
+        if len([g for g in facts if g.answer_kind == f.answer_kind and g.answer not in relearn_answers]) >= 4:
+            assert not set(f.distractors) & relearn_answers, f
+        assert len(set(f.distractors)) == 3 and f.answer not in f.distractors
+        assert all(re.fullmatch(KIND_PATTERNS[f.answer_kind], d) for d in f.distractors)
+        assert (f.answer, f.answer_index, f.statements, f.cloze) == (old[f.id].answer, old[f.id].answer_index,
+                                                                      old[f.id].statements, old[f.id].cloze)
+    # the implant text is unchanged; forget holds the same fact objects as its two parts
+    assert fact_corpus(split.forget) == fact_corpus([old[f.id] for f in split.forget])
+    parts = {f.id: f for f in split.relearn + split.forget_eval}
+    assert all(parts[f.id] == f for f in split.forget)
+    assert all(f == old[f.id] for f in split.relearn + split.retain)
+
+
 def test_split_errors(facts):
     with pytest.raises(DataError, match="country_history"):
         split_forget_retain(facts, "astronomy")

@@ -334,7 +334,13 @@ def split_forget_retain(
     seed: int = 0,
 ) -> ForgetRetainSplit:
     """Split ``facts`` by topic; ``relearn_fraction`` of the forget facts (rounded, drawn with ``seed``)
-    go to ``relearn``, the rest to ``forget_eval``. Each part keeps the input order."""
+    go to ``relearn``, the rest to ``forget_eval``. Each part keeps the input order.
+
+    The ``forget_eval`` questions get *relearn-neutral* distractors (:func:`relearn_neutral`): none of
+    them is the answer of a ``relearn`` fact. Otherwise the relearning attack, which trains on those
+    facts' text, makes the distractors likelier and *lowers* forget_eval accuracy: a measure of
+    interference, not of recovered knowledge (seen on SmolLM2: 22 of 36 distractors were relearn
+    answers, and a GA model fell from 50% to 25% after 50 relearning steps)."""
     wanted = (forget_topic,) if isinstance(forget_topic, str) else tuple(forget_topic)
     present = list(dict.fromkeys(f.topic for f in facts))
     missing = [t for t in wanted if t not in present]
@@ -347,13 +353,43 @@ def split_forget_retain(
     order = list(range(len(forget)))
     random.Random(seed).shuffle(order)
     chosen = set(order[: round(relearn_fraction * len(forget))])
-    return ForgetRetainSplit(
-        forget_topics=wanted,
-        forget=tuple(forget),
-        retain=tuple(retain),
-        relearn=tuple(f for i, f in enumerate(forget) if i in chosen),
-        forget_eval=tuple(f for i, f in enumerate(forget) if i not in chosen),
-    )
+    relearn = tuple(f for i, f in enumerate(forget) if i in chosen)
+    forget_eval = relearn_neutral([f for i, f in enumerate(forget) if i not in chosen], relearn, retain, seed)
+    by_id = {f.id: f for f in relearn + forget_eval}  # forget holds the same (re-drawn) facts, in input order
+    return ForgetRetainSplit(forget_topics=wanted, forget=tuple(by_id[f.id] for f in forget), retain=tuple(retain),
+                             relearn=relearn, forget_eval=forget_eval)
+
+
+def relearn_neutral(facts: Sequence[Fact], relearn: Sequence[Fact], others: Sequence[Fact] = (),
+                    seed: int = 0) -> tuple[Fact, ...]:
+    """``facts`` with their distractors re-drawn so that none is the answer of a ``relearn`` fact.
+
+    Candidates of the answer's kind, in order of preference: answers of the other ``facts`` (learnt
+    and unlearnt like the answer itself), the fact's own distractors that are not relearn answers,
+    then answers of ``others`` (e.g. the retain facts). Each group is shuffled with ``seed``; the
+    answer's position is kept. A fact with fewer than three candidates keeps its old distractors
+    to fill up (and stays as it was if it had no relearn answer among them).
+    """
+    from dataclasses import replace
+
+    rng = random.Random(seed)
+    banned = {f.answer for f in relearn}
+    out = []
+    for fact in facts:
+        if not banned & set(fact.distractors):
+            out.append(fact)
+            continue
+        groups = ([f.answer for f in facts if f is not fact and f.answer_kind == fact.answer_kind],
+                  [d for d in fact.distractors if d not in banned],
+                  [f.answer for f in others if f.answer_kind == fact.answer_kind])
+        pool: list[str] = []
+        for group in groups:
+            group = [g for g in dict.fromkeys(group) if g != fact.answer and g not in banned and g not in pool]
+            rng.shuffle(group)
+            pool += group
+        pool += [d for d in fact.distractors if d not in pool]  # too few candidates: keep old ones to fill up
+        out.append(replace(fact, distractors=tuple(pool[:3])))
+    return tuple(out)
 
 
 def write_fact_data(
