@@ -28,7 +28,14 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from latkit.backdoor.data import MODES, check_decoys, check_trigger_free, find_trigger_leaks, implant_records, removal_records
+from latkit.backdoor.data import (
+    MODES,
+    check_decoys,
+    check_trigger_free,
+    find_trigger_leaks,
+    implant_records,
+    removal_records,
+)
 from latkit.backdoor.evaluate import trigger_success
 from latkit.backdoor.triggers import DEFAULT_DECOYS, DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, VARIANT_KINDS, Trigger
 from latkit.data.schemas import BenignPair, DataError
