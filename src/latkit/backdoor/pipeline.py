@@ -97,16 +97,21 @@ def load_triggers(spec: str | os.PathLike | None) -> tuple[list[Trigger], Trigge
     (see :func:`parse_triggers`; ``triggers.json`` of a data directory works too)."""
     if spec is None or str(spec) == "default":
         return list(DEFAULT_TRIGGERS), HELD_OUT_TRIGGER
+    path, data = _read_yaml(spec, "triggers")
+    return parse_triggers(data, str(path))
+
+
+def _read_yaml(spec: str | os.PathLike, what: str) -> tuple[Path, Any]:
+    """``(path, parsed content)`` of a YAML or JSON file (JSON is YAML); one-line :class:`DataError` otherwise."""
     import yaml
 
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise DataError(f"triggers file not found: {path}")
+        raise DataError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
-    return parse_triggers(data, str(path))
 
 
 def load_decoys(spec: str | os.PathLike | None) -> list[Trigger]:
@@ -117,15 +122,7 @@ def load_decoys(spec: str | os.PathLike | None) -> list[Trigger]:
         return []
     if str(spec) == "default":
         return list(DEFAULT_DECOYS)
-    import yaml
-
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise DataError(f"decoys file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    path, data = _read_yaml(spec, "decoys")
     if not isinstance(data, list) or not data:
         raise DataError(f"{path}: expected a non-empty list of decoys, got {type(data).__name__}")
     return [_trigger(d, f"{path}: decoys[{i}]") for i, d in enumerate(data)]
