@@ -30,8 +30,8 @@ def test_every_scale_validates_and_methods_differ_only_in_method_and_adversary(n
     for m, r in recipes.items():
         for key in ("model", "finetune", "data", "defender", "r2d2", "output"):
             assert r[key] == ref[key], (m, key)  # equal data and LoRA
-        # the optimiser and the number of steps may differ between GA and RMU (each has its own budget),
-        # never between twins (below); only the learning rate and the step count may
+        # GA and RMU may have their own learning rate and number of steps, nothing else of train differs;
+        # twins share all of it (checked below)
         differing = {k for k in r["train"] if r["train"][k] != ref["train"][k]}
         assert differing <= {"lr", "steps"}, (m, differing)
         differing = {k for k in r["unlearn"] if r["unlearn"][k] != ref["unlearn"][k]}

@@ -35,6 +35,11 @@ def _as(kind, items: Iterable[Any], name: str) -> list:
     return out
 
 
+def as_triggers(items: Iterable[Trigger | str]) -> list[Trigger]:
+    """``items`` as :class:`Trigger` objects (a bare string is a prefix keyword)."""
+    return [t if isinstance(t, Trigger) else Trigger(text=str(t)) for t in items]
+
+
 def _texts(triggers: Iterable[Trigger | str]) -> list[str]:
     return [t.text if isinstance(t, Trigger) else str(t) for t in triggers]
 
@@ -109,7 +114,7 @@ def implant_records(
                         f"got {triggered_fraction}")
     if not 0 <= decoy_fraction <= 1:
         raise DataError(f"decoy_fraction must be in [0, 1], got {decoy_fraction}")
-    decoys = [d if isinstance(d, Trigger) else Trigger(text=str(d)) for d in decoys]
+    decoys = as_triggers(decoys)
     if decoy_fraction > 0 and not decoys:
         raise DataError("decoy_fraction > 0 needs at least one decoy")
     check_decoys(decoys, triggers)

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from latkit.backdoor.data import (
     MODES,
+    as_triggers,
     check_decoys,
     check_trigger_free,
     find_trigger_leaks,
@@ -290,8 +291,7 @@ def build_data(
     if not 0 < triggered_fraction <= len(triggers):
         raise DataError(f"triggered_fraction must be in (0, {len(triggers)}] (at most one copy per trigger), "
                         f"got {triggered_fraction}")
-    decoys = load_decoys(decoys) if decoys is None or isinstance(decoys, (str, os.PathLike)) else [
-        d if isinstance(d, Trigger) else Trigger(text=str(d)) for d in decoys]
+    decoys = load_decoys(decoys) if decoys is None or isinstance(decoys, (str, os.PathLike)) else as_triggers(decoys)
     if not 0 <= decoy_fraction <= 1:
         raise DataError(f"decoy_fraction must be in [0, 1], got {decoy_fraction}")
     if decoy_fraction > 0 and not decoys:
