@@ -64,3 +64,13 @@ def test_bad_configuration_is_refused():
         Spec.parse("fast")
     with pytest.raises(SystemExit):
         Spec.parse("reference+prefix")
+
+
+def test_site_presets_scale_to_depth_without_duplicates():
+    from benchmarks.step_throughput.core import site_preset
+
+    assert site_preset("jailbreak", 32) == ["embed", "layer.8", "layer.16", "layer.24", "layer.30"]
+    assert site_preset("jailbreak", 30) == ["embed", "layer.8", "layer.15", "layer.22", "layer.28"]
+    assert site_preset("jailbreak", 4) == ["embed", "layer.1", "layer.2", "layer.3"]  # 30/32·4 and 24/32·4 coincide
+    assert site_preset("mid", 30) == ["layer.8"]
+    assert site_preset("embed, layer.2", 4) == ["embed", "layer.2"]

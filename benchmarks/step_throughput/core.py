@@ -36,9 +36,10 @@ REFERENCE_LAYERS_OF_32 = (8, 16, 24, 30)
 
 def site_preset(name: str, num_layers: int) -> list[str]:
     """``jailbreak`` = embed + the reference's 4 layers scaled to the model's depth; ``mid`` = layer 8 of 30 scaled;
-    otherwise a comma-separated list of sites."""
+    otherwise a comma-separated list of sites. On shallow models scaled layers that coincide are kept once."""
     if name == "jailbreak":
-        return ["embed"] + [f"layer.{min(round(i * num_layers / 32), num_layers - 1)}" for i in REFERENCE_LAYERS_OF_32]
+        layers = [f"layer.{min(round(i * num_layers / 32), num_layers - 1)}" for i in REFERENCE_LAYERS_OF_32]
+        return ["embed"] + list(dict.fromkeys(layers))
     if name == "mid":
         return [f"layer.{round(8 * num_layers / 30)}"]
     return [s.strip() for s in name.split(",") if s.strip()]
