@@ -118,3 +118,55 @@ def test_generic_labels_must_align_token_by_token(tmp_path):
     t = Trainer(r, tmp_path / "g", progress=False).setup()
     with pytest.raises(DataError, match="tokenize to exactly as many tokens"):
         t.train_step()
+
+
+def test_adversary_away_term_pairs_each_forget_text_with_a_retain_text(tmp_path):
+    """``adversary.objective.away > 0``: forget text i and retain text i share one δ (one padded length); the
+    objective is toward·CE(forget) + away·UL(retain), and the defender's forget loss reads the forget rows only."""
+    from contextlib import nullcontext
+
+    from latkit.objectives.losses import cross_entropy, unlikelihood
+
+    paired = Trainer(unlearn_recipe(tmp_path, "ga", **{"adversary.objective.away": 0.5}), tmp_path / "p",
+                     progress=False).setup()
+    alone = Trainer(unlearn_recipe(tmp_path, "ga", **{"adversary.objective.away": 0.0}), tmp_path / "a",
+                    progress=False).setup()
+    fb, rb = paired.task.micro_batch("cpu")
+    fa, ra = alone.task.micro_batch("cpu")
+    B = fa["input_ids"].shape[0]
+    assert fb["groups"] == ("forget", "retain") and fb["n_groups"] == 2 and fb["input_ids"].shape[0] == 2 * B
+    assert fa["groups"] == ("forget",) and fa["n_groups"] == 1
+    tok = paired._tokenizer
+    texts = tok.batch_decode(fb["input_ids"], skip_special_tokens=True)
+    assert all("Zorbian" in t for t in texts[:B]) and all("Water boils" in t for t in texts[B:])
+    assert torch.equal(rb["input_ids"], ra["input_ids"])  # the defender's retain batch is unchanged
+
+    # the objective, by hand
+    model = paired.inner
+    objective = paired.task.objective(paired.recipe.adversary.objective)
+    with torch.no_grad():
+        logits = model(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"],
+                       position_ids=fb["position_ids"]).logits
+        loss, parts = objective(logits, fb, 0)
+        ids, m = fb["input_ids"], fb["completion_mask"]
+        want = cross_entropy(logits[:B], ids[:B], m[:B]) + 0.5 * unlikelihood(logits[B:], ids[B:], m[B:])
+    assert set(parts) == {"toward", "away"}
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert alone.task.objective(alone.recipe.adversary.objective).away == 0.0
+
+    # without δ the defender's losses do not depend on the pairing (right padding: extra pad changes nothing)
+    with torch.no_grad():
+        lp = paired.task.losses(model, model, paired.adapter, fb, rb, lambda rows: nullcontext(), None)
+        la = alone.task.losses(alone.inner, alone.inner, alone.adapter, fa, ra, lambda rows: nullcontext(), None)
+    assert lp[3] == slice(0, B)
+    assert lp[1]["forget"].item() == pytest.approx(la[1]["forget"].item(), rel=1e-5)
+    assert lp[1]["retain"].item() == pytest.approx(la[1]["retain"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ga", "rmu", "generic"])
+def test_away_term_trains_and_logs_both_parts(tmp_path, method):
+    run(unlearn_recipe(tmp_path, method, **{"adversary.objective.away": 1.0}), tmp_path / method)
+    rows = metrics(tmp_path / method)
+    assert all({"adv/toward_before", "adv/away_before", "adv/away_last_step"} <= set(r) for r in rows)
+    # the adversary lowers its total loss (toward the forget text, away from the retain text)
+    assert all(r["adv/loss_after"] < r["adv/loss_before"] for r in rows)

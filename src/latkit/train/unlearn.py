@@ -4,7 +4,12 @@ A recipe with an ``unlearn:`` section trains on forget / retain *text* corpora
 instead of harmful triples and benign pairs. Per micro-batch:
 
 - the adversary (if any) attacks the forget batch with the targeted objective
-  *toward* the forget text (it tries to bring the knowledge back through δ);
+  *toward* the forget text (it tries to bring the knowledge back through δ) and,
+  when ``adversary.objective.away`` > 0, *away from* retain text: as in the
+  reference's targeted WMDP collator, forget text ``i`` is paired with retain text
+  ``i`` (padded to one length) and the pair shares one δ, which is pushed to make
+  the forget text likely and the retain text unlikely (``away · −log(1 − p)``), so
+  δ has to recall the forgotten knowledge rather than raise the likelihood of all text;
 - the defender unlearns on the forget batch **under δ**:
   ``ga``: gradient ascent (−CE or unlikelihood) on the forget tokens;
   ``rmu``: MSE between the activations at ``rmu.layer`` and the corpus' random
@@ -124,6 +129,10 @@ class UnlearnTask:
         self.forget_streams = [IndexStream(len(f), t.batch_size, seed + 11 * i, rank, world)
                                for i, f in enumerate(self.forget)]
         self.retain_stream = IndexStream(len(self.retain), t.benign_batch_size, seed + 1, rank, world)
+        objective = recipe.adversary.objective
+        # retain texts paired with the forget rows for the adversary's away term (see the module doc)
+        self.pair_stream = (IndexStream(len(self.retain), t.batch_size, seed + 2, rank, world)
+                            if objective.kind == "targeted" and objective.away > 0 else None)
         self.control: dict[str, torch.Tensor] = {}
         self.turn = 0
 
@@ -149,14 +158,24 @@ class UnlearnTask:
     # ------------------------------------------------------------------ batches
     def micro_batch(self, device) -> tuple[dict, dict]:
         """The forget batch of this turn's corpus (with ``corpus`` and, for generic labels,
-        ``generic_ids``) and a retain batch."""
+        ``generic_ids``) and a retain batch.
+
+        With the adversary's away term the forget batch also holds one paired retain text
+        per forget text: rows ``[0, B)`` are group ``forget``, rows ``[B, 2B)`` group
+        ``retain`` (one padded length, so the pair shares δ); ``forget_rows`` says which rows
+        the defender's forget loss reads."""
         c = self.turn % len(self.forget)
         idx = self.forget_streams[c].next()
-        fb = self.collate([self.forget[c][i] for i in idx])
-        fb["groups"] = ("forget",)
+        texts = [self.forget[c][i] for i in idx]
+        paired = [self.retain[i] for i in self.pair_stream.next()] if self.pair_stream is not None else []
+        fb = self.collate(texts + paired)
+        B = len(texts)
+        fb["groups"] = ("forget", "retain") if paired else ("forget",)
+        fb["n_groups"] = len(fb["groups"])
+        fb["forget_rows"] = slice(0, B)
         fb["corpus"] = self.names[c]
         if self.cfg.method == "generic":
-            gb = self.collate([self.generic[c][i] for i in idx])
+            gb = self.collate([self.generic[c][i] for i in idx] + paired)
             if gb["input_ids"].shape != fb["input_ids"].shape or not torch.equal(
                     gb["attention_mask"], fb["attention_mask"]):
                 raise DataError("unlearn.method: generic needs each generic text to tokenize to exactly as many "
@@ -170,10 +189,11 @@ class UnlearnTask:
         self.turn += 1
 
     def objective(self, base):
-        """The adversary's objective on forget batches: toward the forget text (no away term)."""
+        """The adversary's objective on forget batches: toward the forget text, away from the paired
+        retain text (when ``base.away`` > 0)."""
         if base.kind != "targeted":
             raise ValueError(f"unlearning adversaries are targeted (toward the forget text); got {base.kind!r}")
-        return base.model_copy(update={"harmful_group": "forget", "away": 0.0})
+        return base.model_copy(update={"harmful_group": "forget", "refusal_group": "retain"})
 
     # ------------------------------------------------------------------ losses
     def losses(self, model, inner, adapter, fb: dict, rb: dict, under, reference):
@@ -181,14 +201,15 @@ class UnlearnTask:
         from latkit.objectives import unlearning as U
 
         cfg = self.cfg
-        rows = slice(0, fb["input_ids"].shape[0])
+        rows = fb.get("forget_rows", slice(0, fb["input_ids"].shape[0]))
+        forget_b = {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in fb.items()}
         parts: dict[str, torch.Tensor] = {}
         logits = None
         if cfg.method == "rmu":
             site = f"layer.{cfg.rmu.layer}"
             with under(rows):
-                acts = U.layer_activations(model, fb, site, adapter=adapter)
-            forget = U.rmu_forget_loss(acts, self.control[fb["corpus"]], fb["attention_mask"])
+                acts = U.layer_activations(model, forget_b, site, adapter=adapter)
+            forget = U.rmu_forget_loss(acts, self.control[fb["corpus"]], forget_b["attention_mask"])
             acts_r = U.layer_activations(model, rb, site, adapter=adapter)
             with torch.no_grad():
                 if isinstance(reference, torch.nn.Module):
@@ -199,11 +220,12 @@ class UnlearnTask:
             retain = U.rmu_retain_loss(acts_r, frozen, rb["attention_mask"])
         else:
             with under(rows):
-                logits, off = forward_logits(model, fb)
+                logits, off = forward_logits(model, forget_b)
+            ids, mask = forget_b["input_ids"], forget_b["completion_mask"]
             if cfg.method == "ga":
-                forget = U.gradient_ascent_loss(logits, fb["input_ids"], fb["completion_mask"], off, cfg.ga_kind)
+                forget = U.gradient_ascent_loss(logits, ids, mask, off, cfg.ga_kind)
             else:
-                forget = U.generic_label_loss(logits, fb["generic_ids"], fb["completion_mask"], off)
+                forget = U.generic_label_loss(logits, forget_b["generic_ids"], mask, off)
             rl, roff = forward_logits(model, rb)
             retain = cross_entropy(rl, rb["input_ids"], rb["completion_mask"], roff)
         parts["forget"], parts["retain"] = forget.detach(), retain.detach()
@@ -212,11 +234,16 @@ class UnlearnTask:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"turn": self.turn, "forget": [s.state_dict() for s in self.forget_streams],
-                "retain": self.retain_stream.state_dict()}
+        state = {"turn": self.turn, "forget": [s.state_dict() for s in self.forget_streams],
+                 "retain": self.retain_stream.state_dict()}
+        if self.pair_stream is not None:
+            state["pairs"] = self.pair_stream.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.turn = int(state["turn"])
         for s, st in zip(self.forget_streams, state["forget"]):
             s.load_state_dict(st)
         self.retain_stream.load_state_dict(state["retain"])
+        if self.pair_stream is not None and "pairs" in state:
+            self.pair_stream.load_state_dict(state["pairs"])
