@@ -120,17 +120,18 @@ def test_generic_labels_must_align_token_by_token(tmp_path):
         t.train_step()
 
 
-def test_adversary_away_term_pairs_each_forget_text_with_a_retain_text(tmp_path):
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_adversary_away_term_pairs_each_forget_text_with_a_retain_text(tmp_path, side):
     """``adversary.objective.away > 0``: forget text i and retain text i share one δ (one padded length); the
     objective is toward·CE(forget) + away·UL(retain), and the defender's forget loss reads the forget rows only."""
     from contextlib import nullcontext
 
     from latkit.objectives.losses import cross_entropy, unlikelihood
 
-    paired = Trainer(unlearn_recipe(tmp_path, "ga", **{"adversary.objective.away": 0.5}), tmp_path / "p",
-                     progress=False).setup()
-    alone = Trainer(unlearn_recipe(tmp_path, "ga", **{"adversary.objective.away": 0.0}), tmp_path / "a",
-                    progress=False).setup()
+    paired = Trainer(unlearn_recipe(tmp_path, "ga", **{"adversary.objective.away": 0.5, "data.padding_side": side}),
+                     tmp_path / "p", progress=False).setup()
+    alone = Trainer(unlearn_recipe(tmp_path, "ga", **{"adversary.objective.away": 0.0, "data.padding_side": side}),
+                    tmp_path / "a", progress=False).setup()
     fb, rb = paired.task.micro_batch("cpu")
     fa, ra = alone.task.micro_batch("cpu")
     B = fa["input_ids"].shape[0]
@@ -154,7 +155,7 @@ def test_adversary_away_term_pairs_each_forget_text_with_a_retain_text(tmp_path)
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     assert alone.task.objective(alone.recipe.adversary.objective).away == 0.0
 
-    # without δ the defender's losses do not depend on the pairing (right padding: extra pad changes nothing)
+    # without δ the defender's losses do not depend on the pairing (extra padding, on either side, changes nothing)
     with torch.no_grad():
         lp = paired.task.losses(model, model, paired.adapter, fb, rb, lambda rows: nullcontext(), None)
         la = alone.task.losses(alone.inner, alone.inner, alone.adapter, fa, ra, lambda rows: nullcontext(), None)
