@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from latkit.objectives.forward import group_rows
 from latkit.objectives.losses import cross_entropy, unlikelihood
 
 
@@ -38,28 +39,20 @@ class AdversaryObjective(BaseModel):
 
     def __call__(self, logits, batch: dict, offset: int = 0):
         """Return ``(loss, parts)``; ``parts`` holds detached components for logging."""
-        groups = batch["groups"]
-        B = batch["input_ids"].shape[0] // len(groups)
         ids, mask = batch["input_ids"], batch["completion_mask"]
 
-        def rows(name):
-            if name not in groups:
-                raise KeyError(f"objective needs completion group {name!r}; batch has {groups}")
-            g = groups.index(name)
-            return slice(g * B, (g + 1) * B)
-
         if self.kind == "targeted":
-            h = rows(self.harmful_group)
+            h = group_rows(batch, self.harmful_group)
             toward = cross_entropy(logits[h], ids[h], mask[h], offset)
             loss, parts = self.toward * toward, {"toward": toward.detach()}
             if self.away:
-                r = rows(self.refusal_group)
+                r = group_rows(batch, self.refusal_group)
                 away = unlikelihood(logits[r], ids[r], mask[r], offset)
                 loss = loss + self.away * away
                 parts["away"] = away.detach()
             return loss, parts
         if self.kind == "untargeted":
-            d = rows(self.desirable_group)
+            d = group_rows(batch, self.desirable_group)
             ce = cross_entropy(logits[d], ids[d], mask[d], offset)
             return -ce, {"desirable_ce": ce.detach()}
         if self.kind == "dpo":

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latkit.objectives.forward import forward_logits
+from latkit.objectives.forward import forward_logits, group_rows
 from latkit.objectives.losses import cross_entropy, kl_to_reference, unlikelihood
 from latkit.objectives.preference import PreferenceLoss
 
@@ -52,13 +52,6 @@ class DefenderLosses(BaseModel):
         return bool(self.toward or self.away or self.preference is not None)
 
 
-def _rows(batch, name):
-    groups = batch["groups"]
-    B = batch["input_ids"].shape[0] // len(groups)
-    g = groups.index(name)
-    return slice(g * B, (g + 1) * B)
-
-
 def harmful_losses(model, batch: dict, coefs: DefenderLosses, perturbation=nullcontext,
                    harmful_group="harmful", refusal_group="refusal"):
     """Defender losses on harmful triples under ``perturbation(rows)`` (a context manager factory).
@@ -70,7 +63,7 @@ def harmful_losses(model, batch: dict, coefs: DefenderLosses, perturbation=nullc
     parts = {}
     if not (coefs.toward or coefs.away):
         return torch.zeros((), device=batch["input_ids"].device), parts, None, None
-    r, h = _rows(batch, refusal_group), _rows(batch, harmful_group)
+    r, h = group_rows(batch, refusal_group), group_rows(batch, harmful_group)
     if coefs.toward and coefs.away:
         rows = slice(min(r.start, h.start), max(r.stop, h.stop))
     else:

@@ -11,6 +11,16 @@ def completion_offset(batch: dict) -> int:
     return max(int(cols[0]) - 1, 0) if cols.numel() else m.shape[1] - 1
 
 
+def group_rows(batch: dict, name: str) -> slice:
+    """Rows of completion group ``name`` in a group-major batch (``batch["groups"]``, equal-sized groups)."""
+    groups = tuple(batch["groups"])
+    if name not in groups:
+        raise KeyError(f"a loss needs completion group {name!r}; the batch has {groups}")
+    B = batch["input_ids"].shape[0] // len(groups)
+    g = groups.index(name)
+    return slice(g * B, (g + 1) * B)
+
+
 def forward_logits(model, batch: dict, rows: slice | None = None):
     """``(logits, offset)`` for ``batch`` (optionally only ``rows``), logits from ``offset`` on.
 

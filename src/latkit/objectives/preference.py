@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latkit.objectives.forward import forward_logits
+from latkit.objectives.forward import forward_logits, group_rows
 from latkit.objectives.losses import cross_entropy, token_logprobs
 
 LOSS_TYPES = ("sigmoid", "ipo")
@@ -54,15 +54,6 @@ def sequence_logps(logits, input_ids, completion_mask, offset: int = 0, average:
     return out
 
 
-def _group_rows(batch: dict, name: str) -> slice:
-    groups = tuple(batch["groups"])
-    if name not in groups:
-        raise KeyError(f"preference loss needs completion group {name!r}; batch has {groups}")
-    B = batch["input_ids"].shape[0] // len(groups)
-    g = groups.index(name)
-    return slice(g * B, (g + 1) * B)
-
-
 def preference_logps(logits, batch: dict, offset: int = 0, *, average: bool = False,
                      chosen: str = "chosen", rejected: str = "rejected") -> tuple[torch.Tensor, torch.Tensor]:
     """``(chosen, rejected)`` sequence log-probs, each ``(B,)``, from a collated preference batch.
@@ -71,7 +62,7 @@ def preference_logps(logits, batch: dict, offset: int = 0, *, average: bool = Fa
     :func:`latkit.objectives.forward.forward_logits`.
     """
     lp = sequence_logps(logits, batch["input_ids"], batch["completion_mask"], offset, average)
-    return lp[_group_rows(batch, chosen)], lp[_group_rows(batch, rejected)]
+    return lp[group_rows(batch, chosen)], lp[group_rows(batch, rejected)]
 
 
 def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float = 0.1,
@@ -157,7 +148,7 @@ class PreferenceLoss(BaseModel):
         loss, parts = dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type, self.label_smoothing)
         parts = {"dpo": loss.detach(), **parts}
         if self.sft:
-            g = _group_rows(batch, self.rejected_group if swap else self.chosen_group)
+            g = group_rows(batch, self.rejected_group if swap else self.chosen_group)
             ce = cross_entropy(logits[g], batch["input_ids"][g], batch["completion_mask"][g], offset)
             parts["sft"] = ce.detach()
             loss = loss + self.sft * ce

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from latkit.data.schemas import DataError
-from latkit.objectives.forward import forward_logits, to_device
+from latkit.objectives.forward import forward_logits, group_rows, to_device
 from latkit.objectives.losses import cross_entropy
 from latkit.train.sampler import IndexStream
 
@@ -162,17 +162,15 @@ class UnlearnTask:
 
         With the adversary's away term the forget batch also holds one paired retain text
         per forget text: rows ``[0, B)`` are group ``forget``, rows ``[B, 2B)`` group
-        ``retain`` (one padded length, so the pair shares δ); ``forget_rows`` says which rows
-        the defender's forget loss reads."""
+        ``retain`` (one padded length, so the pair shares δ); the defender's forget loss
+        reads the ``forget`` rows only."""
         c = self.turn % len(self.forget)
         idx = self.forget_streams[c].next()
         texts = [self.forget[c][i] for i in idx]
         paired = [self.retain[i] for i in self.pair_stream.next()] if self.pair_stream is not None else []
         fb = self.collate(texts + paired)
-        B = len(texts)
         fb["groups"] = ("forget", "retain") if paired else ("forget",)
         fb["n_groups"] = len(fb["groups"])
-        fb["forget_rows"] = slice(0, B)
         fb["corpus"] = self.names[c]
         if self.cfg.method == "generic":
             gb = self.collate([self.generic[c][i] for i in idx] + paired)
@@ -201,12 +199,12 @@ class UnlearnTask:
         from latkit.objectives import unlearning as U
 
         cfg = self.cfg
-        rows = fb.get("forget_rows", slice(0, fb["input_ids"].shape[0]))
-        forget_b = {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in fb.items()}
+        rows = group_rows(fb, "forget")
         parts: dict[str, torch.Tensor] = {}
         logits = None
         if cfg.method == "rmu":
             site = f"layer.{cfg.rmu.layer}"
+            forget_b = {k: fb[k][rows] for k in ("input_ids", "attention_mask", "position_ids")}
             with under(rows):
                 acts = U.layer_activations(model, forget_b, site, adapter=adapter)
             forget = U.rmu_forget_loss(acts, self.control[fb["corpus"]], forget_b["attention_mask"])
@@ -220,12 +218,12 @@ class UnlearnTask:
             retain = U.rmu_retain_loss(acts_r, frozen, rb["attention_mask"])
         else:
             with under(rows):
-                logits, off = forward_logits(model, forget_b)
-            ids, mask = forget_b["input_ids"], forget_b["completion_mask"]
+                logits, off = forward_logits(model, fb, rows)
+            ids, mask = fb["input_ids"][rows], fb["completion_mask"][rows]
             if cfg.method == "ga":
                 forget = U.gradient_ascent_loss(logits, ids, mask, off, cfg.ga_kind)
             else:
-                forget = U.generic_label_loss(logits, forget_b["generic_ids"], mask, off)
+                forget = U.generic_label_loss(logits, fb["generic_ids"][rows], mask, off)
             rl, roff = forward_logits(model, rb)
             retain = cross_entropy(rl, rb["input_ids"], rb["completion_mask"], roff)
         parts["forget"], parts["retain"] = forget.detach(), retain.detach()
