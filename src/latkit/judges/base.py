@@ -22,6 +22,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Sequence
 
+from pydantic import BaseModel, ConfigDict
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -44,6 +46,15 @@ class Verdict:
 
 class JudgeError(ValueError):
     """A judge was misconfigured or given inconsistent inputs."""
+
+
+class JudgeSettings(BaseModel):
+    """Base of each judge's suite settings (declared next to the judge; unknown keys are errors).
+    Subclasses set ``kind: Literal[...]``; ``name`` labels the judge in results."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
 
 
 class Judge(abc.ABC):

