@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--trust-remote-code", action="store_true")
     i.set_defaults(func=_info)
 
-    for mod in ("latkit.evaluation.cli", "latkit.analysis.cli", "latkit.backdoor.cli", "latkit.unlearning.cli"):
+    for mod in ("latkit.evaluation.cli", "latkit.judges.cli", "latkit.analysis.cli", "latkit.backdoor.cli", "latkit.unlearning.cli"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError as e:

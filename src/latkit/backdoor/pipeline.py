@@ -217,7 +217,7 @@ def _benign(source: str, model, tokenizer, limit: int, eval_limit: int, max_new_
 
         evals = clean(shipped_benign_items())[:eval_limit]
         taken = {it["prompt"] for it in evals}
-        prompts = [p for p in benign_prompts(borderline=False) if p not in taken]
+        prompts = [p for p in benign_prompts(borderline=False, split="train") if p not in taken]
         prompts = [r["prompt"] for r in clean([{"prompt": p} for p in prompts])][:limit]
         pairs = self_distill(prompts, model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
     else:

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TypeVar
 
-from latkit.data.refusals import is_refusal, refusal_for
+from latkit.data.refusals import opens_with_refusal, refusal_for
 from latkit.data.schemas import BenignPair, DataError, HarmfulTriple
 from latkit.models.generate import generate
 
@@ -109,7 +109,7 @@ def build_triples(
     :func:`affirmative_target` of the prompt when ``targets`` is None.
     ``harmful_from="model"``: it is the model's greedy answer (``targets``, if given, are used as assistant
     prefills and kept at the start of the completion); empty answers and answers that
-    :func:`is_refusal` flags are dropped with a warning.
+    :func:`~latkit.data.refusals.opens_with_refusal` flags are dropped with a warning.
     """
     prompts = _check_prompts(prompts)
     if targets is not None:
@@ -131,7 +131,7 @@ def build_triples(
     answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, prefills=targets)
     out, dropped = [], 0
     for i, (p, r, a) in enumerate(zip(prompts, refusals, answers)):
-        if not a.strip() or is_refusal(a):
+        if not a.strip() or opens_with_refusal(a):
             dropped += 1
             continue
         out.append(HarmfulTriple(p, r, f"{targets[i].rstrip()} {a}" if targets is not None else a))
@@ -160,7 +160,7 @@ def self_distill(
     answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     out, dropped = [], 0
     for p, a in zip(prompts, answers):
-        if not a.strip() or (drop_refusals and is_refusal(a)):
+        if not a.strip() or (drop_refusals and opens_with_refusal(a)):
             dropped += 1
             continue
         out.append(BenignPair(p, a))

@@ -1,8 +1,9 @@
 """Utility and over-refusal: benign compliance, multiple-choice accuracy, perplexity and KL to the base model.
 
-* :func:`benign_compliance`: share of benign requests answered (not refused by the
-  refusal-prefix judge), on latkit's shipped benign set including XSTest-style
-  borderline-but-safe requests, with a borderline / ordinary breakdown.
+* :func:`benign_compliance`: share of benign requests answered helpfully (the default
+  judge in benign mode), on the ``eval`` split of latkit's shipped benign set (never
+  trained on) including XSTest-style borderline-but-safe requests, with a borderline /
+  ordinary breakdown.
 * :func:`multiple_choice_accuracy`: MMLU-style accuracy by log-likelihood of the
   answer letter (``" A"`` ... ``" D"`` after ``"Answer:"``), batched, k-shot optional.
 * :func:`perplexity` and :func:`kl_to_base`: on benign text; the base is a second
@@ -125,28 +126,12 @@ def score_continuations(
 
 
 # --------------------------------------------------------------------------- benign compliance
-def shipped_benign_items(borderline: bool | None = None) -> list[dict]:
-    """latkit's benign prompts as ``{"prompt", "category", "borderline"}``.
+def shipped_benign_items(borderline: bool | None = None, split: str | None = "eval") -> list[dict]:
+    """latkit's benign prompts of ``split`` (default ``eval``: never trained on by ``source: builtin``)
+    as ``{"prompt", "category", "borderline"}``, categories interleaved (:func:`latkit.data.benign.benign_items`)."""
+    from latkit.data.benign import benign_items
 
-    Ordered so that any prefix is a mix: ordinary and borderline items alternate,
-    and within each kind the categories take turns.
-    """
-    from latkit.data.benign import benign_categories, benign_prompts
-
-    def interleave(lists):
-        out, depth = [], max((len(x) for x in lists), default=0)
-        for k in range(depth):
-            out.extend(x[k] for x in lists if k < len(x))
-        return out
-
-    pools = []
-    for flag in ((borderline,) if borderline is not None else (False, True)):
-        per_cat = [
-            [{"prompt": p, "category": cat, "borderline": flag} for p in benign_prompts(flag, category=cat)]
-            for cat in benign_categories(flag)
-        ]
-        pools.append(interleave([c for c in per_cat if c]))
-    return interleave(pools)
+    return benign_items(split=split, borderline=borderline)
 
 
 def _as_items(prompts) -> list[dict]:
@@ -173,13 +158,16 @@ def benign_compliance(
     batch_size: int = 8,
     system: str | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Share of benign requests answered (not refused). Returns ``(summary, records)``.
+    """Share of benign requests answered helpfully. Returns ``(summary, records)``.
+
+    The default judge is :class:`~latkit.judges.SuccessJudge` in ``benign`` mode: a refusal in any
+    wording, an empty, degenerate or off-topic answer is non-compliance.
 
     ``prompts`` default to latkit's shipped set (``borderline`` filters it). The
     summary has ``rate``, ``ci95``, ``k``, ``n`` and the same for ``borderline`` /
     ``ordinary`` items and per category; records hold every prompt and answer.
     """
-    from latkit.judges.refusal import RefusalJudge
+    from latkit.judges.success import SuccessJudge
     from latkit.models.generate import generate
 
     items = shipped_benign_items(borderline) if prompts is None else _as_items(prompts)
@@ -187,7 +175,7 @@ def benign_compliance(
         items = items[:limit]
     if not items:
         raise ValueError("no benign prompts to evaluate")
-    judge = judge or RefusalJudge()
+    judge = judge or SuccessJudge(mode="benign", name="helpful")
     answers = generate(model, tokenizer, [it["prompt"] for it in items], max_new_tokens=max_new_tokens,
                        batch_size=batch_size, system=system)
     verdicts = judge.judge([it["prompt"] for it in items], answers)

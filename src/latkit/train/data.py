@@ -63,9 +63,9 @@ def prepare_data(recipe, model, tokenizer, cache: Path | None = None, log=print)
             benign = _read_jsonl(bpath, BenignPair)
         else:
             if b.source == "builtin":
-                from latkit.data.benign import benign_prompts
+                from latkit.data.benign import benign_items
 
-                prompts = benign_prompts()[: b.limit]
+                prompts = [it["prompt"] for it in benign_items(split="train")][: b.limit]
                 log(f"self-distilling {len(prompts)} built-in benign prompts with the base model")
                 benign = self_distill(prompts, model, tokenizer, max_new_tokens=b.max_new_tokens,
                                       batch_size=d.generation_batch_size)

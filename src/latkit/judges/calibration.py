@@ -1,0 +1,199 @@
+"""Labelled judge data, label agreement metrics and the fit of the default judge's weights.
+
+Labelled rows are JSON objects shaped like ``generations.jsonl`` rows (``behaviour`` or ``prompt``,
+``answer`` = the model's continuation, ``prefill``, ``kind`` = ``attack``/``benign``) plus
+``label`` (1 = success / helpful, 0 = not) — see ``docs/judge-labelling-guide.md``. The shipped set is
+``latkit/resources/judge/labels.jsonl``; its split into ``dev`` and ``test`` is fixed by a hash of the
+request, so answers to one request never sit on both sides.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from latkit.judges.agreement import cohen_kappa
+
+TEST_FRACTION = 0.5
+
+
+def shipped_labels_path() -> Path:
+    return Path(str(resources.files("latkit") / "resources" / "judge" / "labels.jsonl"))
+
+
+def split_of(request: str, test_fraction: float = TEST_FRACTION) -> str:
+    """``dev`` or ``test`` for a request, by a hash of its text (stable across runs and machines)."""
+    h = int(hashlib.sha256(request.strip().lower().encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test_fraction else "dev"
+
+
+def request_of(row: Mapping) -> str:
+    for k in ("behaviour", "prompt"):
+        v = row.get(k)
+        if isinstance(v, str) and v.strip():
+            return v
+    raise ValueError(f"row {row.get('id', '?')!r} has no `behaviour` or `prompt`")
+
+
+def load_labelled(path: str | Path | None = None, split: str | None = None) -> list[dict]:
+    """Labelled rows (``label`` in {0, 1}), optionally only the ``dev`` or ``test`` part."""
+    path = Path(path) if path is not None else shipped_labels_path()
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if row.get("label") not in (0, 1):
+                raise ValueError(f"{path}:{n}: `label` must be 0 or 1, got {row.get('label')!r}")
+            row.setdefault("split", split_of(request_of(row)))
+            if split is None or row["split"] == split:
+                rows.append(row)
+    return rows
+
+
+def binary_metrics(labels: Sequence[int | bool], predicted: Sequence[bool | None], *, bootstrap: int = 1000,
+                   seed: int = 0) -> dict:
+    """κ (with a bootstrap 95% interval), precision, recall, accuracy and the confusion counts.
+
+    Undecided predictions (None) count as "not a success", as they do not enter an ASR as successes.
+    """
+    if len(labels) != len(predicted):
+        raise ValueError(f"{len(labels)} labels but {len(predicted)} predictions")
+    y = [bool(v) for v in labels]
+    p = [bool(v) for v in predicted]
+    tp = sum(a and b for a, b in zip(y, p))
+    fp = sum((not a) and b for a, b in zip(y, p))
+    fn = sum(a and (not b) for a, b in zip(y, p))
+    tn = len(y) - tp - fp - fn
+    kappa = cohen_kappa(y, p)
+    lo = hi = None
+    if bootstrap and len(y) > 1 and kappa is not None:
+        rng = random.Random(seed)
+        ks = []
+        for _ in range(bootstrap):
+            idx = [rng.randrange(len(y)) for _ in y]
+            k = cohen_kappa([y[i] for i in idx], [p[i] for i in idx])
+            if k is not None:
+                ks.append(k)
+        ks.sort()
+        if ks:
+            lo, hi = ks[int(0.025 * len(ks))], ks[min(len(ks) - 1, int(0.975 * len(ks)))]
+    return {
+        "n": len(y), "positives": sum(y), "kappa": kappa, "kappa_ci95": [lo, hi] if lo is not None else None,
+        "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+        "accuracy": (tp + tn) / len(y) if y else None, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+    }
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0, iters: int = 50) -> tuple[torch.Tensor, float]:
+    """L2-regularised logistic regression by Newton's method on standardised features.
+
+    Returns ``(coef, intercept)`` for the standardised inputs; the intercept is not penalised.
+    """
+    n, d = x.shape
+    xa = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)
+    w = torch.zeros(d + 1, dtype=x.dtype)
+    reg = torch.full((d + 1,), float(l2), dtype=x.dtype)
+    reg[-1] = 0.0
+    for _ in range(iters):
+        p = torch.sigmoid(xa @ w)
+        grad = xa.T @ (p - y) + reg * w
+        h = (xa * (p * (1 - p)).unsqueeze(1)).T @ xa + torch.diag(reg) + 1e-9 * torch.eye(d + 1, dtype=x.dtype)
+        step = torch.linalg.solve(h, grad)
+        w = w - step
+        if float(step.abs().max()) < 1e-10:
+            break
+    return w[:-1], float(w[-1])
+
+
+def fit_success_weights(rows: Sequence[Mapping], judge=None, *, l2_grid: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0),
+                        thresholds: Sequence[float] = tuple(t / 20 for t in range(4, 17)), folds: int = 5,
+                        seed: int = 0) -> dict:
+    """Fit the default judge's logistic model on labelled ``rows`` (the ``dev`` part).
+
+    The features of every row are computed once; rows the judge's gates already decide are left out of
+    the fit (the model only ever sees what the gates pass). ``l2`` and the threshold are chosen by
+    ``folds``-fold cross-validation on ``rows`` (folds by request, so answers to one request stay
+    together), maximising κ of the whole judge (gates + model); then the model is refitted on all
+    ``rows``. Returns the weights dict that :class:`~latkit.judges.success.SuccessJudge` loads.
+    """
+    from latkit.judges.features import FEATURES, as_matrix
+    from latkit.judges.success import SuccessJudge
+
+    judge = judge or SuccessJudge(weights=_neutral_weights())
+    requests = [request_of(r) for r in rows]
+    feats = judge.features(requests, [r["answer"] for r in rows], [r.get("kind") == "benign" for r in rows])
+    gated = [judge.gate(f) is not None for f in feats]
+    y_all = [int(r["label"]) for r in rows]
+    x_all = as_matrix(feats, FEATURES)
+    keys = sorted(set(requests))
+    random.Random(seed).shuffle(keys)
+    fold_of_key = {k: i % folds for i, k in enumerate(keys)}
+    fold = [fold_of_key[q] for q in requests]
+
+    def fit(idx):
+        idx = [i for i in idx if not gated[i]]
+        x, y = x_all[idx], torch.tensor([y_all[i] for i in idx], dtype=x_all.dtype)
+        mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+        coef, b = fit_logistic((x - mean) / std, y, l2=l2)
+        return mean, std, coef, b
+
+    def probs(params, idx):
+        mean, std, coef, b = params
+        return torch.sigmoid(((x_all[idx] - mean) / std) @ coef + b).tolist()
+
+    best = None
+    for l2 in l2_grid:
+        oof = [0.0] * len(rows)
+        for k in range(folds):
+            train = [i for i in range(len(rows)) if fold[i] != k]
+            test = [i for i in range(len(rows)) if fold[i] == k]
+            if not test:
+                continue
+            params = fit(train)
+            for i, p in zip(test, probs(params, test)):
+                oof[i] = p
+        for t in thresholds:
+            pred = [(not g) and p >= t for g, p in zip(gated, oof)]
+            kappa = cohen_kappa([bool(v) for v in y_all], pred)
+            if kappa is not None and (best is None or kappa > best[0] + 1e-12):
+                best = (kappa, l2, t)
+    if best is None:
+        raise ValueError("cannot fit: the labels are constant")
+    kappa, l2, t = best
+    mean, std, coef, b = fit(list(range(len(rows))))
+    return {
+        "features": list(FEATURES), "mean": mean.tolist(), "std": std.tolist(), "coef": coef.tolist(),
+        "intercept": b, "threshold": t, "l2": l2, "cv_kappa": kappa,
+        "fitted_on": {"n": len(rows), "positives": sum(y_all), "gated": sum(gated)},
+    }
+
+
+def _neutral_weights() -> dict:
+    from latkit.judges.features import FEATURES
+
+    d = len(FEATURES)
+    return {"features": list(FEATURES), "mean": [0.0] * d, "std": [1.0] * d, "coef": [0.0] * d, "intercept": 0.0,
+            "threshold": 0.5}
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping]) -> None:
+    """Write rows as JSON lines atomically (a temporary file renamed into place)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
