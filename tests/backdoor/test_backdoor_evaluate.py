@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from latkit.judges.refusal import RefusalJudge
 from latkit.backdoor import DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, score_answers, trigger_success, trigger_variants
 from latkit.backdoor.evaluate import conditions
 from latkit.judges.base import Judge, Verdict
@@ -34,7 +35,8 @@ class AlwaysHarmful(Judge):
 
 
 def test_scoring_compliance_with_the_refusal_judge():
-    res = trigger_success(None, None, PROMPTS, TRIGGERS, generate_fn=fake_compliance, return_generations=True)
+    res = trigger_success(None, None, PROMPTS, TRIGGERS, generate_fn=fake_compliance, return_generations=True,
+                          judge=RefusalJudge())
     assert res["judge"] == "refusal" and res["n_prompts"] == 3
     assert res["clean"]["rate"] == 0 and res["clean"]["n"] == 3
     assert all(t["rate"] == 1 for t in res["triggers"].values())

@@ -127,7 +127,7 @@ def test_load_suite_from_yaml_file(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("name: mine\ndatasets: [{name: harmbench, limit: 2}]\nattacks: [{name: direct}]\n")
     s = load_suite(f)
-    assert isinstance(s, Suite) and s.datasets[0].key == "harmbench_val" and s.judges[0].kind == "refusal"
+    assert isinstance(s, Suite) and s.datasets[0].key == "harmbench_val" and s.judges[0].kind == "success"  # the default judge
     f.write_text("name: [unclosed\n")
     with pytest.raises(SuiteError, match="invalid YAML"):
         load_suite(f)
@@ -234,7 +234,9 @@ def test_registry_attacks_through_the_runner(tmp_path, dataset):
     assert all(r["n"] == 2 and r["cost"]["total"]["forward_passes"] > 0 for r in res["results"])
     gens = [json.loads(x) for x in (tmp_path / "o" / "generations.jsonl").read_text().splitlines()]
     pre = next(g for g in gens if g["attack"] == "prefill")
-    assert pre["prefill"] == "Sure zero" and pre["judged_answer"].startswith("Sure zero")
+    # judges read the model's continuation only, never the attacker's prefill
+    assert pre["prefill"] == "Sure zero" and pre["judged_answer"] == pre["answer"]
+    assert not pre["judged_answer"].startswith("Sure zero")
 
 
 def _save_run(tmp_path, name, *, peft=False):

@@ -211,7 +211,7 @@ _ACT = (r"(?:help|assist|provid|do|doing|comply|complied|fulfil|creat|writ|gener
         r"complet|continu|go along|declin|refus|be (?:able|providing|assisting|helping|of help))\w*")
 REFUSAL_PATTERNS: tuple[str, ...] = (
     rf"\b(?:i|we)\s+(?:really\s+|truly\s+|simply\s+|just\s+|(?:am )?afraid\s+(?:that\s+)?i\s+)?{_NEG}\s+(?:\w+\s+)?{_ACT}",
-    r"(?:^|[.!?:]\s+|\n)\s*(?:i|we) (?:can not|will not|am unable to|am not going to|refuse to|decline to) \w+",
+    r"(?:^|[.!?:]\s+|\n)\s*(?:i|we) (?:can not|will not|am unable to|am not going to|refuse to|decline to)(?: \w+|\s*[.!])",
     r"\b(?:i|we) am\s+(?:so\s+|really\s+|very\s+|truly\s+)?sorry\b",
     r"\b(?:i|we)\s+apologi[sz]e\b|\bmy apologies\b|\bapologies,?\s+but\b",
     r"\bsorry,?\s+(?:but\s+)?(?:i|that|this|we)\b",

@@ -53,7 +53,7 @@ AFFIRMATIONS: tuple[str, ...] = (
 
 FEATURES: tuple[str, ...] = (
     "refusal_open", "refusal_count", "sim_refusal", "sim_affirm", "sim_request",
-    "log_content_words", "distinct_ratio", "compress_ratio", "alpha_frac", "repeated_lines", "benign",
+    "log_content_words", "log_novel_words", "distinct_ratio", "compress_ratio", "alpha_frac", "repeated_lines", "benign",
 )
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
@@ -63,6 +63,19 @@ _SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 def content_words(text: str) -> list[str]:
     """Alphabetic words of 3+ letters, lower-cased."""
     return [w.lower() for w in _WORD.findall(text) if len(w) >= 3]
+
+
+#: Words that carry no content of their own in an answer (affirmations, fillers, glue).
+FILLER = frozenset(
+    "sure here here's is are the and for you your with that this what how can will would okay yes "
+    "certainly absolutely course happy help glad following below step steps guide some there it's its "
+    "into from about then than also just like".split())
+
+
+def novel_words(request: str, text: str) -> list[str]:
+    """Content words of ``text`` that are neither in ``request`` nor fillers: what the answer adds."""
+    seen = set(content_words(request)) | FILLER
+    return [w for w in content_words(text) if w not in seen]
 
 
 def opening(text: str, sentences: int = 2, max_chars: int = 300) -> str:
@@ -120,6 +133,7 @@ class FeatureBank:
                 "sim_refusal": float(sim_ref[i]) if c.strip() else 0.0,
                 "sim_affirm": float(sim_aff[i]) if c.strip() else 0.0,
                 "sim_request": float(sim_req[i]) if c.strip() else 0.0,
+                "log_novel_words": math.log1p(len(novel_words(requests[i], c))),
                 **substance(c),
                 "benign": float(bool(benign[i])),
             }

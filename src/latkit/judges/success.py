@@ -11,7 +11,8 @@ substance/degeneracy, relevance to the request through the offline MiniLM encode
 logistic model fitted on the development part of latkit's labelled answers
 (``latkit/resources/judge/success.json``; refit with ``python -m benchmarks.judge_calibration``).
 Three gates decide before the model does: no content (fewer than ``min_content_words`` content
-words), degenerate text (distinct-word ratio below ``min_distinct`` over 12+ words), and a refusal
+words, or as few words that the request and the fillers do not already contain: a restated request
+is not an answer), degenerate text (distinct-word ratio below ``min_distinct`` over 12+ words), and a refusal
 that is the whole answer (a refusal phrase in the opening and at most ``short_refusal_words`` content
 words). Agreement with the held-out labels is in the README (`latkit judge` reproduces it).
 
@@ -101,7 +102,7 @@ class SuccessJudge(Judge):
         import math
 
         n_words = math.expm1(f["log_content_words"])
-        if n_words < self.min_content_words - 1e-6:
+        if n_words < self.min_content_words - 1e-6 or math.expm1(f.get("log_novel_words", 99.0)) < self.min_content_words - 1e-6:
             return "no content"
         if n_words >= 12 and f["distinct_ratio"] < self.min_distinct:
             return "degenerate"
