@@ -53,7 +53,12 @@ def merge(queue_path: str, label_paths: list[str], output: str) -> int:
                 raise SystemExit(f"{path}: id {lab['id']} has label {lab.get('label')!r}")
             out[lab["id"]] = {**q[lab["id"]], "label": int(lab["label"]), "note": lab.get("note", "")}
     existing = {r["id"]: r for r in _rows(output)} if Path(output).is_file() else {}
-    existing.update(out)
+    seen = {(r["behaviour"].strip(), r["answer"].strip()) for r in existing.values()}
+    for rid, row in out.items():
+        key = (row["behaviour"].strip(), row["answer"].strip())
+        if rid in existing or key not in seen:  # the same answer to the same request is labelled once
+            existing[rid] = row
+            seen.add(key)
     write_jsonl(output, list(existing.values()))
     print(f"{len(existing)} labelled rows -> {output} ({len(q) - len(out)} of this queue unlabelled)")
     return 0
