@@ -46,23 +46,26 @@ def fsdp2_settings(accelerator) -> dict | None:
     return {"reshard_after_forward": _flag("FSDP_RESHARD_AFTER_FORWARD", "true")}
 
 
-def check_engine(accelerator) -> None:
-    """Refuse a DeepSpeed launch that accelerate would silently run as DDP (no CUDA, or no deepspeed)."""
+def check_engine() -> None:
+    """Refuse a DeepSpeed launch (``ACCELERATE_USE_DEEPSPEED``, set by ``accelerate launch`` with a DeepSpeed
+    config) that cannot run: without the package accelerate fails deep inside, and without CUDA it silently
+    runs plain DDP instead (accelerate honours DeepSpeed only on accelerators)."""
     if not _flag("ACCELERATE_USE_DEEPSPEED"):
         return
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3":
+        raise EngineError("DeepSpeed ZeRO-3 is not supported: latkit's checkpoints and model/ read the weights "
+                          "directly, which ZeRO-3 partitions away (they would be saved empty); use FSDP2 "
+                          "(benchmarks/accelerate/fsdp2_lora.yaml) to shard weights")
     import importlib.util
 
     missing = []
     if importlib.util.find_spec("deepspeed") is None:
         missing.append("the `deepspeed` package (pip install deepspeed)")
     if not torch.cuda.is_available():
-        missing.append("a CUDA GPU (accelerate runs DeepSpeed only on accelerators; on CPU it would run plain DDP)")
-    raise EngineError("DeepSpeed was asked for (ACCELERATE_USE_DEEPSPEED) but cannot run here: missing "
-                      + " and ".join(missing or ["accelerate's DeepSpeed engine"]))
+        missing.append("a CUDA GPU (accelerate runs DeepSpeed only on GPUs; on CPU it would silently run DDP)")
+    if missing:
+        raise EngineError("a DeepSpeed config was launched (ACCELERATE_USE_DEEPSPEED=true) but this machine lacks "
+                          + " and ".join(missing) + "; on CPU use benchmarks/accelerate/ddp.yaml or fsdp2_lora.yaml")
 
 
 def fully_shard_model(model, layers, reshard_after_forward: bool = True):

@@ -27,7 +27,7 @@ from latkit.models.lora import apply_lora, is_peft, trainable_parameters
 from latkit.objectives.defender import benign_losses, harmful_losses
 from latkit.objectives.forward import to_device
 from latkit.train.compute import LayerTokenMeter
-from latkit.train.distributed import (check_engine, fsdp2_settings, full, full_optimizer_state,
+from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
                                       fully_shard_model)
 from latkit.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from latkit.train.recipe import Recipe
@@ -87,12 +87,18 @@ class Trainer:
         mp = r.train.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        try:
+            check_engine()
+        except EngineError as e:
+            raise TrainError(str(e)) from None
         # cpu=True when there is no GPU, so that `torchrun`/`accelerate launch` on CPU runs DDP over gloo
         self.accelerator = acc = Accelerator(mixed_precision=mp, log_with=r.train.trackers or None,
                                              project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.is_main = acc.is_main_process
-        check_engine(acc)
-        self._fsdp = fsdp2_settings(acc)  # FSDP2 that latkit applies itself (CPU), else None
+        try:
+            self._fsdp = fsdp2_settings(acc)  # FSDP2 that latkit applies itself (CPU), else None
+        except EngineError as e:
+            raise TrainError(str(e)) from None
         if self._fsdp is not None and r.output.merge:
             raise TrainError("output.merge under FSDP is not supported: merge the saved adapter afterwards")
         if self.is_main:
