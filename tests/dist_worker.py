@@ -43,6 +43,8 @@ t.setup()
 acc = t.accelerator
 rank = acc.process_index
 trace = {"world": acc.num_processes, "sharded": any(is_sharded(p) for p in t.inner.parameters()),
+         "local_numel": sum((p.to_local() if is_sharded(p) else p).numel() for p in t.inner.parameters()),
+         "full_numel": sum(p.numel() for p in t.inner.parameters()),
          "fsdp": type(t.inner).__name__, "examples": [], "delta_grads": [], "deltas": [], "defender_grads": []}
 
 # which global examples this rank attacks: IndexStream's state before each step gives them

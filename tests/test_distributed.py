@@ -156,15 +156,25 @@ def assert_equivalent(single, ranks):
 
 
 # ---------------------------------------------------------------- FSDP2
+def _assert_weights_split(ranks):
+    """Each rank holds its shard of every parameter only: the ranks' local elements add up to the model's."""
+    total = ranks[0]["full_numel"]
+    assert all(r["full_numel"] == total for r in ranks)
+    assert sum(r["local_numel"] for r in ranks) == total
+    assert all(r["local_numel"] <= total / len(ranks) + 1024 for r in ranks)  # (dim-0 shards round up)
+
+
 def test_fsdp2_lora_targeted_matches_one_process(runs):
     ranks = runs.fsdp_lora()
     assert all(r["sharded"] and r["fsdp"].startswith("FSDP") for r in ranks)  # really sharded (DTensor)
+    _assert_weights_split(ranks)
     assert_equivalent(runs.single_lora(), ranks)
 
 
 def test_fsdp2_full_finetune_dpo_without_reshard_matches_one_process(runs):
     ranks = runs.fsdp_full_dpo()
     assert all(r["sharded"] and r["fsdp"].startswith("FSDP") for r in ranks)
+    _assert_weights_split(ranks)
     assert_equivalent(runs.single_full_dpo(), ranks)
 
 

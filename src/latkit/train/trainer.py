@@ -28,7 +28,7 @@ from latkit.objectives.defender import benign_losses, harmful_losses
 from latkit.objectives.forward import to_device
 from latkit.train.compute import LayerTokenMeter
 from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
-                                      fully_shard_model)
+                                      fully_shard_model, is_sharded)
 from latkit.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from latkit.train.recipe import Recipe
 from latkit.train.sampler import IndexStream
@@ -176,6 +176,8 @@ class Trainer:
         else:
             self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
         self.inner = acc.unwrap_model(self.model)
+        # DTensor parameters (FSDP2, by latkit on CPU or by accelerate on GPU): saving gathers them
+        self._sharded = any(is_sharded(p) for p in self.inner.parameters())
         self.adapter = ModelAdapter.from_model(self.inner)
         adv_cfg = r.adversary
         self.adversary = None
@@ -217,7 +219,7 @@ class Trainer:
     # --------------------------------------------------------------- checkpoints
     def _save(self):
         acc = self.accelerator
-        sharded = self._fsdp is not None  # gather on every rank: the checkpoint holds full tensors
+        sharded = self._sharded  # gather on every rank: the checkpoint holds full tensors
         save_checkpoint(
             self.out / "checkpoints", self.step,
             trainable={k: full(v) for k, v in trainable_parameters(self.inner).items()},
@@ -472,7 +474,7 @@ class Trainer:
         acc.wait_for_everyone()
         target = self.out / "model"
         state_dict = None
-        if self._fsdp is not None:  # gather the weights save_pretrained writes (every rank takes part)
+        if self._sharded:  # gather the weights save_pretrained writes (every rank takes part)
             sharded = acc.unwrap_model(self.model)
             names = set(trainable_parameters(sharded)) if hasattr(sharded, "peft_config") else None
             state_dict = {k: full(v) for k, v in sharded.state_dict().items() if names is None or k in names}
