@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/step_throughput/gpu.sh OUTDIR core      # reference vs latkit on a Llama-3-8B shape; memory
 #   bash benchmarks/step_throughput/gpu.sh OUTDIR switches  # gradient checkpointing, eager attention, torch.compile
+#   bash benchmarks/step_throughput/gpu.sh OUTDIR engines   # accelerate configs of benchmarks/accelerate (check.sh)
 #
 # Every run writes OUTDIR/<name>.json and appends its stderr to OUTDIR/log.txt; a run that fails or overruns its
 # time limit is logged and the next one still runs. SHAPE / DEVICE override the model shape and device (e.g.
@@ -51,8 +52,11 @@ switches)
     bench llama3_8b_compile 240 "${common[@]}" --pgd-steps 4 --sites mid --repeats 2 \
         --compare latkit+prefix+share+bf16 latkit+prefix+share+bf16+compile
     ;;
+engines)  # DDP / FSDP2 / DeepSpeed ZeRO-2 (and the ZeRO-3 refusal) through accelerate launch, tiny model
+    bash "$(dirname "$0")/../accelerate/check.sh" "$out/engines"
+    ;;
 *)
-    echo "unknown part $part (core | switches)" >&2
+    echo "unknown part $part (core | switches | engines)" >&2
     exit 2
     ;;
 esac

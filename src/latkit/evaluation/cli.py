@@ -70,10 +70,30 @@ def run_eval(args) -> int:
             if value is not None and value < 1:
                 raise S.SuiteError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
         suite = _apply_overrides(S.load_suite(args.suite), args)
-        results = S.run_suite(
-            suite, args.model, args.output, data_dir=args.data_dir, base_model=args.base_model,
-            device=args.device, dtype=args.dtype, progress=not args.no_progress, fail_fast=args.fail_fast,
-        )
+        from latkit.evaluation.sharding import init_processes
+
+        rank, world, dev = init_processes()  # several under accelerate launch / torchrun: attacks are sharded
+        output, device = args.output, args.device
+        if world > 1:
+            import tempfile
+
+            if rank:  # rank 0 writes the merged results; the others' identical copies go to a scratch dir
+                output = tempfile.mkdtemp(prefix=f"latkit-eval-rank{rank}-")
+            if device == "auto" and dev is not None and dev.type != "cpu":
+                device = str(dev)
+        try:
+            results = S.run_suite(
+                suite, args.model, output, data_dir=args.data_dir, base_model=args.base_model,
+                device=device, dtype=args.dtype, progress=not args.no_progress and not rank,
+                fail_fast=args.fail_fast,
+            )
+        finally:
+            if rank:
+                import shutil
+
+                shutil.rmtree(output, ignore_errors=True)
+        if rank:
+            return 1 if results["errors"] else 0
     except (S.SuiteError, JudgeError, AttackError) as exc:
         if getattr(args, "verbose", False):
             raise

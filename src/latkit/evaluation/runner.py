@@ -362,7 +362,9 @@ class SuiteRunner:
                 d["completion"] = b.target  # many-shot / fine-tuning use other behaviours' (prompt, target) pairs
             inputs.append(d)
         t0 = time.perf_counter()
-        outputs = attack.run(model, tok, inputs)
+        from latkit.evaluation.sharding import run_sharded  # split across processes under accelerate launch
+
+        outputs = run_sharded(run.entry.name, lambda xs: attack.run(model, tok, xs), inputs)
         wall = time.perf_counter() - t0
         by_id = {b.id: b for b in behaviours}
         by_prompt = {b.prompt: b for b in behaviours}

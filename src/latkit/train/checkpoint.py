@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from latkit.train.distributed import shard_as, shard_optimizer_state
+
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
     """All RNG states as plain containers and tensors (loadable with ``weights_only=True``)."""
@@ -65,7 +67,7 @@ def save_checkpoint(root: Path, step: int, *, trainable: dict, optimizer, schedu
     torch.save(rng, tmp / f"rng-{rank}.pt")
     if is_main:
         save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier()
     if is_main:
@@ -86,15 +88,18 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int = 0, device="cpu") -> tuple[dict, dict]:
     """Restore weights, optimiser and scheduler in place; return ``(state, rng)``."""
-    weights = load_file(str(path / "trainable.safetensors"), device=str(device))
+    device = torch.device(device)  # safetensors and torch.load reject "cpu:0" (a distributed CPU run's device)
+    device = "cpu" if device.type == "cpu" else str(device)
+    weights = load_file(str(path / "trainable.safetensors"), device=device)
     params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]
     if missing:
         raise RuntimeError(f"checkpoint {path} has weights the model lacks: {missing[:3]}")
     with torch.no_grad():
         for k, v in weights.items():
-            params[k].copy_(v)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=device))
+            params[k].copy_(shard_as(v, params[k]))  # FSDP: this rank's shard of the full tensor
+    optimizer.load_state_dict(shard_optimizer_state(
+        torch.load(path / "optimizer.pt", weights_only=True, map_location=device), optimizer))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-{rank}.pt"
     rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else {}

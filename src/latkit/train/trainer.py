@@ -27,6 +27,8 @@ from latkit.models.lora import apply_lora, is_peft, trainable_parameters
 from latkit.objectives.defender import benign_losses, harmful_losses
 from latkit.objectives.forward import to_device
 from latkit.train.compute import LayerTokenMeter
+from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
+                                      fully_shard_model, is_sharded)
 from latkit.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from latkit.train.recipe import Recipe
 from latkit.train.sampler import IndexStream
@@ -85,10 +87,20 @@ class Trainer:
         mp = r.train.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        try:
+            check_engine()
+        except EngineError as e:
+            raise TrainError(str(e)) from None
         # cpu=True when there is no GPU, so that `torchrun`/`accelerate launch` on CPU runs DDP over gloo
         self.accelerator = acc = Accelerator(mixed_precision=mp, log_with=r.train.trackers or None,
                                              project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.is_main = acc.is_main_process
+        try:
+            self._fsdp = fsdp2_settings(acc)  # FSDP2 that latkit applies itself (CPU), else None
+        except EngineError as e:
+            raise TrainError(str(e)) from None
+        if self._fsdp is not None and r.output.merge:
+            raise TrainError("output.merge under FSDP is not supported: merge the saved adapter afterwards")
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._check_output_dir()
@@ -153,11 +165,19 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
+        if self._fsdp is not None:  # before the optimiser: it must hold the sharded parameters
+            model = fully_shard_model(model, ModelAdapter.from_model(model).layers, **self._fsdp)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=r.train.lr, weight_decay=r.train.weight_decay)
         scheduler = _scheduler(optimizer, r)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        if self._fsdp is not None:  # already sharded: accelerate must not wrap it in DDP as well
+            self.optimizer, self.scheduler = acc.prepare(optimizer, scheduler)
+            self.model = model
+        else:
+            self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
         self.inner = acc.unwrap_model(self.model)
+        # DTensor parameters (FSDP2, by latkit on CPU or by accelerate on GPU): saving gathers them
+        self._sharded = any(is_sharded(p) for p in self.inner.parameters())
         self.adapter = ModelAdapter.from_model(self.inner)
         adv_cfg = r.adversary
         self.adversary = None
@@ -199,9 +219,12 @@ class Trainer:
     # --------------------------------------------------------------- checkpoints
     def _save(self):
         acc = self.accelerator
+        sharded = self._sharded  # gather on every rank: the checkpoint holds full tensors
         save_checkpoint(
             self.out / "checkpoints", self.step,
-            trainable=trainable_parameters(self.inner), optimizer=self.optimizer, scheduler=self.scheduler,
+            trainable={k: full(v) for k, v in trainable_parameters(self.inner).items()},
+            optimizer=full_optimizer_state(self.optimizer) if sharded else self.optimizer,
+            scheduler=self.scheduler,
             state={"harmful_stream": self.harmful_stream.state_dict() if self.harmful_stream else None,
                    "benign_stream": self.benign_stream.state_dict() if self.benign_stream else None,
                    "r2d2_pool": self.pool.state_dict() if self.pool else None,
@@ -450,6 +473,11 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         target = self.out / "model"
+        state_dict = None
+        if self._sharded:  # gather the weights save_pretrained writes (every rank takes part)
+            sharded = acc.unwrap_model(self.model)
+            names = set(trainable_parameters(sharded)) if hasattr(sharded, "peft_config") else None
+            state_dict = {k: full(v) for k, v in sharded.state_dict().items() if names is None or k in names}
         if acc.is_main_process:
             import shutil
             import tempfile
@@ -459,7 +487,8 @@ class Trainer:
             if hasattr(model, "peft_config"):
                 for cfg in model.peft_config.values():
                     cfg.base_model_name_or_path = self.recipe.model.name
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True,
+                                  **({"state_dict": state_dict} if state_dict is not None else {}))
             self._tokenizer.save_pretrained(tmp)
             if target.exists():
                 shutil.rmtree(target)

@@ -1,0 +1,110 @@
+"""One LAT run for tests/test_distributed.py, under ``torchrun`` (DDP or FSDP2 over gloo) or as one process.
+
+    python tests/dist_worker.py OUT CONFIG_JSON
+
+CONFIG: {"finetune": "lora"|"full", "objective": "targeted"|"dpo", "batch": per-process batch size,
+"steps": outer steps, "stop_after": int|null, "resume": bool, "data": dir holding harmful/benign.jsonl}.
+
+Records, per rank, into OUT/trace-rank<r>.pt: every δ-gradient the adversary took (per PGD step, per site, per
+example: the gradient at that example's perturbed positions, so that batches padded to different lengths
+compare), the final δ of each attack (same layout), the defender's gradients before each optimiser step (full
+tensors, gathered when sharded) and the final trainable weights (full). The global index of each example is
+recorded too, so the test can line the ranks up against a one-process run over the same global batch.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_trainer import tiny_recipe  # noqa: E402
+
+from latkit.adversary.latent import LatentAdversary  # noqa: E402
+from latkit.train import Trainer  # noqa: E402
+from latkit.train.distributed import full, is_sharded  # noqa: E402
+
+out = Path(sys.argv[1])
+cfg = json.loads(sys.argv[2])
+data = Path(cfg["data"])
+over = {
+    "train.steps": cfg["steps"], "train.batch_size": cfg["batch"], "train.benign_batch_size": cfg["batch"],
+    "train.checkpoint_every": 1, "train.keep_checkpoints": 10,
+    "data.harmful.source": str(data / "harmful.jsonl"), "data.benign.source": str(data / "benign.jsonl"),
+    "adversary.steps": 4, "adversary.sites": ["embed", "layer.0"], "finetune.method": cfg["finetune"],
+    "adversary.optimizer": cfg.get("optimizer", "adam"),
+}
+if cfg["objective"] == "dpo":
+    over.update({"adversary.objective": {"kind": "dpo"}, "defender.toward": 0.0, "defender.away": 0.0,
+                 "defender.kl": 0.0, "defender.preference": {"beta": 0.1, "loss_type": "sigmoid"}})
+recipe = tiny_recipe(**over)
+t = Trainer(recipe, out, progress=False, resume=cfg.get("resume", False), stop_after=cfg.get("stop_after"))
+t.setup()
+acc = t.accelerator
+rank = acc.process_index
+trace = {"world": acc.num_processes, "sharded": any(is_sharded(p) for p in t.inner.parameters()),
+         "local_numel": sum((p.to_local() if is_sharded(p) else p).numel() for p in t.inner.parameters()),
+         "full_numel": sum(p.numel() for p in t.inner.parameters()),
+         "fsdp": type(t.inner).__name__, "examples": [], "delta_grads": [], "deltas": [], "defender_grads": []}
+
+# which global examples this rank attacks: IndexStream's state before each step gives them
+stream_next = t.harmful_stream.next
+
+
+def next_indices():
+    idx = stream_next()
+    trace["examples"].append(idx)
+    return idx
+
+
+t.harmful_stream.next = next_indices
+
+_batch = {}
+attack = t.adversary.attack
+
+
+def per_example(d, ex):  # (B, T, H), (B, T) -> [ (n_b, H) ]
+    return [d[b][ex[b]].detach().clone() for b in range(d.shape[0])]
+
+
+def recording_attack(batch, objective, generator=None, **kw):
+    rm = t.adversary.row_mask(batch)
+    _batch["ex"] = LatentAdversary.example_mask(rm, batch["n_groups"])
+    _batch["grads"] = []
+    p = attack(batch, objective, generator, **kw)
+    trace["delta_grads"].append(_batch.pop("grads"))
+    trace["deltas"].append({s: per_example(d, _batch["ex"]) for s, d in p.deltas.items()})
+    return p
+
+
+t.adversary.attack = recording_attack
+_grad = torch.autograd.grad
+
+
+def recording_grad(outputs, inputs, *a, **kw):
+    g = _grad(outputs, inputs, *a, **kw)
+    if "grads" in _batch:  # the adversary's δ-gradients (sites in config order)
+        _batch["grads"].append({s: per_example(x, _batch["ex"])
+                                for s, x in zip(recipe.adversary.sites, g)})
+    return g
+
+
+torch.autograd.grad = recording_grad
+opt_step = t.optimizer.step
+
+
+def recording_step(*a, **kw):
+    trace["defender_grads"].append({n: full(p.grad).clone() for n, p in t.inner.named_parameters()
+                                    if p.requires_grad and p.grad is not None})
+    return opt_step(*a, **kw)
+
+
+t.optimizer.step = recording_step
+try:
+    t.train()
+    trace["done"] = True
+except KeyboardInterrupt:
+    trace["done"] = False
+trace["step"] = t.step
+trace["final"] = {n: full(p).clone() for n, p in t.inner.named_parameters() if p.requires_grad}
+torch.save(trace, out / f"trace-rank{rank}.pt")
