@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
-from latkit.evaluation.records import SPLIT_KEYS  # noqa: F401  (re-exported for the sharding tests)
+from latkit.evaluation.records import SPLIT_KEYS
 
 SHARDABLE = frozenset({"direct", "prefill", "templates"})
 
