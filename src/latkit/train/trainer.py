@@ -83,8 +83,10 @@ class Trainer:
 
         r = self.recipe
         mp = r.train.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        if mp == "auto":  # bf16 autocast on GPUs and AMX/AVX512-BF16 CPUs, fp32 elsewhere (logged)
+            from latkit.models.precision import resolve_mixed_precision
+
+            mp = resolve_mixed_precision(mp, "cuda" if torch.cuda.is_available() else "cpu")
         # cpu=True when there is no GPU, so that `torchrun`/`accelerate launch` on CPU runs DDP over gloo
         self.accelerator = acc = Accelerator(mixed_precision=mp, log_with=r.train.trackers or None,
                                              project_dir=str(self.out), cpu=not torch.cuda.is_available())
