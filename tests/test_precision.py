@@ -244,3 +244,17 @@ def test_reference_and_latkit_agree_in_bf16(triples):
     assert p.losses == pytest.approx(ref_losses, rel=BF16_LOSS_RTOL, abs=1e-3)
     for s in ref_deltas:
         assert _cos(p.deltas[s], ref_deltas[s]) > BF16_DELTA_COS
+
+
+def test_benchmark_auto_switch_uses_the_detected_precision(monkeypatch):
+    from benchmarks.step_throughput.core import Spec, environment
+
+    spec = Spec.parse("latkit+share+auto")
+    assert spec.name == "latkit+share+auto" and not spec.bf16
+    for fast in (True, False):
+        monkeypatch.setattr(precision, "cpu_info",
+                            lambda *a, fast=fast, **k: CpuInfo("mock", "AVX2", ("amx_bf16",) if fast else ()))
+        assert spec.uses_bf16("cpu") is fast
+        env = environment("cpu")["auto_precision"]
+        assert env["mixed_precision"] == ("bf16" if fast else "no") and env["cpu"]["model"] == "mock"
+    assert Spec.parse("latkit+bf16").uses_bf16("cpu") and not Spec.parse("latkit").uses_bf16("cpu")
