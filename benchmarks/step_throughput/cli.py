@@ -62,7 +62,7 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
-def summarise(steps, flops, unit_flops, peak, tokens, spec):
+def summarise(steps, flops, unit_flops, peak, tokens, spec, dev="cpu"):
     keys = ("adversary_s", "defender_s")
     med = {k: _median([s[k] for s in steps]) for k in keys}
     total = [s["adversary_s"] + s["defender_s"] for s in steps]
@@ -76,7 +76,7 @@ def summarise(steps, flops, unit_flops, peak, tokens, spec):
             ph: max(s[f"{ph}_peak_mem_bytes"] - s[f"{ph}_rss_start_bytes"] for s in steps)
             for ph in ("adversary", "defender")}
     if flops:
-        pk = peak["bfloat16" if spec.bf16 else "float32"]
+        pk = peak["bfloat16" if spec.uses_bf16(dev) else "float32"]
         out["flops"] = flops
         out["forward_equivalents"] = {ph: flops[ph] / unit_flops for ph in ("adversary", "defender")}
         out["mfu"] = {ph: flops[ph] / med[f"{ph}_s"] / pk for ph in ("adversary", "defender")}
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     setup_s = time.perf_counter() - t0
 
     peak = {"float32": matmul_peak_flops(dev, torch.float32)}
-    if any(s.bf16 for s in specs):
+    if any(s.uses_bf16(dev) for s in specs):
         peak["bfloat16"] = matmul_peak_flops(dev, torch.bfloat16)
     unit = None if args.no_flops else unit_forward_flops(w)
 
@@ -147,7 +147,8 @@ def main(argv=None) -> dict:
     configs = {}
     for s in specs:
         configs[s.name] = {"spec": res[s.name]["spec"], "steps": res[s.name]["steps"],
-                           **summarise(res[s.name]["steps"], res[s.name]["flops_by_phase"], unit, peak, tokens, s)}
+                           **summarise(res[s.name]["steps"], res[s.name]["flops_by_phase"], unit, peak, tokens, s, dev),
+                           "dtype": "bf16 autocast" if s.uses_bf16(dev) else "fp32"}
     ratios = {}
     base = specs[0].name
     for s in specs[1:]:

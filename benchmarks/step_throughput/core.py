@@ -133,6 +133,7 @@ class Spec:
     share: bool = False  # shared-prompt packing of the PGD forwards (latkit only)
     sign: bool = False  # sign-PGD (no optimiser state) instead of Adam
     bf16: bool = False  # bf16 autocast, fp32 δ
+    auto: bool = False  # the precision latkit's ``auto`` picks on this device (latkit.models.precision)
     attn: str = "sdpa"  # sdpa | eager
     ckpt: bool = False  # gradient checkpointing (adversary and defender)
     compile: bool = False  # torch.compile of the decoder blocks' forward
@@ -145,7 +146,7 @@ class Spec:
                              "+sign, +bf16, +eager, +ckpt, +compile")
         kw = {"mode": parts[0]}
         for p in parts[1:]:
-            if p in ("prefix", "share", "sign", "bf16", "ckpt", "compile"):
+            if p in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile"):
                 kw[p] = True
             elif p in ("eager", "sdpa"):
                 kw["attn"] = p
@@ -156,9 +157,20 @@ class Spec:
                              "from the input, one forward per completion group")
         return cls(**kw)
 
+    def uses_bf16(self, device: str) -> bool:
+        """bf16 autocast for this spec on ``device`` (``+auto``: what :func:`choose_precision` picks there)."""
+        if self.bf16:
+            return True
+        if self.auto:
+            from latkit.models.precision import choose_precision
+
+            return choose_precision(device).mixed_precision == "bf16"
+        return False
+
     @property
     def name(self) -> str:
-        out = [self.mode] + [k for k in ("prefix", "share", "sign", "bf16", "ckpt", "compile") if getattr(self, k)]
+        out = [self.mode] + [k for k in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile")
+                             if getattr(self, k)]
         if self.attn != "sdpa":
             out.append(self.attn)
         return "+".join(out)
@@ -223,7 +235,7 @@ class Workload:
 
 
 def autocast(spec: Spec, device: str):
-    if not spec.bf16:
+    if not spec.uses_bf16(device):
         return nullcontext()
     return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
@@ -508,6 +520,13 @@ def environment(device: str) -> dict:
 
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
            "device": device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    from latkit.models.precision import choose_precision
+
+    import accelerate
+    import peft
+
+    env.update(accelerate=accelerate.__version__, peft=peft.__version__)
+    env["auto_precision"] = choose_precision(device).describe()  # CPU model, capability, bf16 flags, the choice
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     else:

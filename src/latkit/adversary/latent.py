@@ -32,6 +32,61 @@ def frozen_parameters(model):
             p.requires_grad_(True)
 
 
+@contextmanager
+def autocast_weights(model, device_type: str):
+    """Under autocast, hold the frozen ``nn.Linear`` weights in the autocast dtype while active.
+
+    Autocast casts a linear layer's fp32 weight (and bias) to bf16 at *every* forward and caches
+    the cast only for leaves that require grad, so with the parameters frozen for the attack each
+    PGD step re-casts the whole model: for a small model on CPU that costs more than the step's
+    matmuls. Here the casts are done once per attack; the forward computes exactly what autocast
+    computes (the same round-to-nearest cast of the same fp32 values). The fp32 master weights are
+    put back on exit; nothing is written to them. A no-op without autocast, and for weights that
+    require grad or are not fp32 (e.g. bf16 weights on GPU).
+    """
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    dtype = torch.get_autocast_dtype(device_type)
+    swapped = []
+    try:
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            for name in ("weight", "bias"):
+                p = module._parameters.get(name)
+                if p is None or p.requires_grad or p.dtype != torch.float32 or p.device.type != device_type:
+                    continue
+                swapped.append((module, name, p))
+                module._parameters[name] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        yield
+    finally:
+        for module, name, p in reversed(swapped):
+            module._parameters[name] = p
+
+
+class _autocast_off:
+    """Re-entrant context that turns autocast off on ``device_type`` while active, when it is on.
+
+    Autocast is for the forward: around ``torch.autograd.grad`` it would re-dispatch the backward's
+    ops through the autocast casts, and δ's update (optimiser, projection) must stay fp32 arithmetic.
+    """
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+        self.enabled = torch.is_autocast_enabled(device_type)
+        self._stack = []
+
+    def __enter__(self):
+        ctx = torch.autocast(self.device_type, enabled=False) if self.enabled else nullcontext()
+        self._stack.append(ctx)
+        ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.pop().__exit__(*exc)
+
+
 @dataclass
 class Perturbation:
     """A fixed δ per site, ready to be applied with :meth:`LatentAdversary.apply`."""
@@ -145,17 +200,20 @@ class LatentAdversary:
         params = list(deltas.values())
         opt = torch.optim.Adam(params, lr=cfg.step_size) if cfg.optimizer == "adam" else None
         history, first_parts, last_parts = [], {}, {}
-        with frozen_parameters(self.model), self._prefix(batch, fwd):
+        no_autocast = _autocast_off(batch["input_ids"].device.type)
+        with frozen_parameters(self.model), autocast_weights(self.model, no_autocast.device_type), \
+                self._prefix(batch, fwd):
             for step in range(cfg.steps):
                 with perturb(self.adapter, deltas, rm, clamp):
                     logits, off = fwd()
                 loss, parts = objective(logits, batch, off)
-                grads = torch.autograd.grad(loss, params)
+                with no_autocast:  # the backward's dtypes follow the forward's; the δ update is fp32 math
+                    grads = torch.autograd.grad(loss, params)
                 history.append(loss.detach())
                 if step == 0:
                     first_parts = parts
                 last_parts = parts
-                with torch.no_grad():
+                with torch.no_grad(), no_autocast:
                     for (site, d), g in zip(deltas.items(), grads):
                         if cfg.optimizer == "sign":
                             d.sub_(cfg.step_size * g.sign())

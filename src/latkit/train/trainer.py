@@ -85,8 +85,10 @@ class Trainer:
 
         r = self.recipe
         mp = r.train.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        if mp == "auto":  # bf16 autocast on GPUs and AMX/AVX512-BF16 CPUs, fp32 elsewhere (logged)
+            from latkit.models.precision import resolve_mixed_precision
+
+            mp = resolve_mixed_precision(mp, "cuda" if torch.cuda.is_available() else "cpu")
         try:
             check_engine()
         except EngineError as e:
