@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from latkit.cliutil import add_output_argument
 from latkit.analysis.toy_modular import run_modular_reproduction
 
 
@@ -27,7 +28,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-fit", type=int, default=2048, help="random inputs used to fit the bases")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="modular_addition.json")
+    add_output_argument(ap, dest="out", default="modular_addition.json", help="JSON file to write (default: %(default)s)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()

@@ -205,7 +205,7 @@ def plot_utility_vs_robustness(results: Mapping) -> list[tuple[str, str]]:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """``metrics.jsonl`` records (malformed lines are skipped)."""
+    """``metrics.jsonl``'s per-step records (malformed lines and the provenance header row are skipped)."""
     out = []
     p = Path(path)
     if not p.is_file():
@@ -218,7 +218,7 @@ def read_metrics(path: str | Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and "provenance" not in rec:  # skip the header row
             out.append(rec)
     return out
 

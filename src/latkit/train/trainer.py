@@ -86,7 +86,10 @@ class Trainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         # cpu=True when there is no GPU, so that `torchrun`/`accelerate launch` on CPU runs DDP over gloo
-        self.accelerator = acc = Accelerator(mixed_precision=mp, log_with=r.train.trackers or None,
+        from latkit.train.trackers import check_trackers
+
+        trackers = check_trackers(r.train.trackers)
+        self.accelerator = acc = Accelerator(mixed_precision=mp, log_with=trackers or None,
                                              project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.is_main = acc.is_main_process
         if self.is_main:
@@ -184,8 +187,22 @@ class Trainer:
         if self.resume:
             self._load_latest()
         if r.train.trackers:
-            acc.init_trackers(r.name, config=r.model_dump(mode="json"))
+            from latkit.train.trackers import flat_hparams
+
+            acc.init_trackers(r.name, config=flat_hparams(r.model_dump(mode="json")))
         return self
+
+    def provenance(self) -> dict:
+        """Versions, device and dtypes, git commit, seeds and recipe hash (metrics.jsonl's header row)."""
+        from latkit.provenance import collect
+
+        r, acc = self.recipe, self.accelerator
+        dtype = next((p.dtype for p in self.inner.parameters()), None)
+        seeds = {"train.seed": r.train.seed, "harmful_order": r.train.seed, "benign_order": r.train.seed + 1,
+                 "adversary_generator": r.train.seed * 7919}  # + process index on other ranks
+        return collect(device=acc.device, dtype=dtype, seeds=seeds, recipe=r,
+                       extra={"mixed_precision": acc.mixed_precision, "num_processes": acc.num_processes,
+                              "model": r.model.name})
 
     def _prepare_data(self, model, tok):
         from latkit.train.data import prepare_data
@@ -415,6 +432,8 @@ class Trainer:
 
             bar = tqdm(total=r.train.steps, initial=self.step, desc=r.name, dynamic_ncols=True)
         metrics_file = (self.out / "metrics.jsonl").open("a") if self.is_main else None
+        if metrics_file is not None and metrics_file.tell() == 0:  # header row: what produced this run
+            metrics_file.write(json.dumps({"step": 0, "provenance": self.provenance()}) + "\n")
         try:
             while self.step < r.train.steps:
                 m = self.train_step()
