@@ -64,6 +64,7 @@ class Trainer:
         self.progress = progress
         self.stop_after = stop_after  # for tests: stop (as if killed) after this many steps
         self._model, self._tokenizer = model, tokenizer
+        self._given_model = model is not None
 
     # ------------------------------------------------------------------ setup
     def _check_output_dir(self):
@@ -135,6 +136,7 @@ class Trainer:
             # "adapters disabled" (the DPO / KL reference) is the model the run started from
             model = model.merge_and_unload()
             self._model = model
+        self.base_ref = self._base_reference(model, tok)
         if r.finetune.method == "lora":
             model = apply_lora(model, r.finetune.lora)
         else:
@@ -192,6 +194,29 @@ class Trainer:
             acc.init_trackers(r.name, config=flat_hparams(r.model_dump(mode="json")))
         return self
 
+    def _base_reference(self, model, tok) -> str:
+        """The adapter's ``base_model_name_or_path``: loadable by ``from_pretrained`` offline (see models.saving)."""
+        from latkit.models.saving import BASE_DIR, base_reference, save_base
+
+        ref = base_reference(self.recipe.model.name)
+        if ref is None or self._given_model:  # a model object handed in: save what was actually trained on
+            if self.recipe.finetune.method != "lora":
+                return self.recipe.model.name  # model/ is a full model; nothing refers to a base
+            if self.is_main:
+                ref = save_base(model, tok, self.out)
+            self.accelerator.wait_for_everyone()
+            ref = str((self.out / BASE_DIR).resolve())
+        return ref
+
+    def _write_model(self, model, directory: Path, *, kind: str) -> None:
+        """An adapter (or full model) + tokenizer + model card into ``directory`` (no hub lookups)."""
+        from latkit.models.saving import model_card, save_model
+        from latkit.train.summary import summarize_run
+
+        card = model_card(self.recipe.model_dump(mode="json"), base=self.base_ref, kind=kind,
+                          provenance=self.provenance(), summary=summarize_run(self.out))
+        save_model(model, self._tokenizer, directory, base=self.base_ref if kind == "adapter" else None, card=card)
+
     def provenance(self) -> dict:
         """Versions, device and dtypes, git commit, seeds and recipe hash (metrics.jsonl's header row)."""
         from latkit.provenance import collect
@@ -225,6 +250,9 @@ class Trainer:
                    "unlearn": self.task.state_dict() if self.task else None},
             rng=rng_state(self.generator), rank=acc.process_index, is_main=acc.is_main_process,
             barrier=acc.wait_for_everyone, keep=self.recipe.train.keep_checkpoints,
+            # each checkpoint is also a loadable model (PEFT adapter / full model + tokenizer + card)
+            write_extra=lambda d: self._write_model(acc.unwrap_model(self.model), d, kind=(
+                "adapter" if hasattr(acc.unwrap_model(self.model), "peft_config") else "full")),
         )
 
     def _load_latest(self):
@@ -475,11 +503,7 @@ class Trainer:
 
             tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=self.out))
             model = acc.unwrap_model(self.model)
-            if hasattr(model, "peft_config"):
-                for cfg in model.peft_config.values():
-                    cfg.base_model_name_or_path = self.recipe.model.name
-            model.save_pretrained(tmp, safe_serialization=True)
-            self._tokenizer.save_pretrained(tmp)
+            self._write_model(model, tmp, kind="adapter" if hasattr(model, "peft_config") else "full")
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -487,9 +511,12 @@ class Trainer:
                 merged = self.out / "model-merged"
                 import copy
 
+                from latkit.models.saving import atomic_save, model_card
+
                 m2 = copy.deepcopy(model).merge_and_unload()
-                m2.save_pretrained(merged, safe_serialization=True)
-                self._tokenizer.save_pretrained(merged)
+                atomic_save(m2, self._tokenizer, merged, card=model_card(
+                    self.recipe.model_dump(mode="json"), base=self.base_ref, kind="merged",
+                    provenance=self.provenance()))
         if self.recipe.train.trackers:
             acc.end_training()
         acc.wait_for_everyone()
