@@ -56,7 +56,7 @@ def machine() -> dict:
 
 def benchmark_parser(prog: str, description: str, *, scales: str, model_help: str,
                      set_help: str = "recipe override applied to every method (repeatable)") -> argparse.ArgumentParser:
-    """The options every method benchmark takes: --scale, --out, --methods, --model, --set, --device,
+    """The options every method benchmark takes: --scale, --output, --methods, --model, --set, --device,
     --no-progress (each benchmark adds its own)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--scale", default="cpu", help=f"{scales} or a scale YAML (default: cpu)")

@@ -6,7 +6,7 @@ and writes ablation curves vs PCA, Fourier dominance of the top directions and e
 sparsity to JSON. Published reference (MLP input, 8 of 129 directions kept): 0.89 (LIB)
 vs 0.69 (PCA) accuracy.
 
-    python benchmarks/interaction_basis/modular_addition.py --out modular_addition.json
+    python benchmarks/interaction_basis/modular_addition.py --output modular_addition.json
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 The unlearning itself is ``latkit train recipes/unlearn-*.yaml`` (the one trainer loop, GA / RMU with or
 without a LAT adversary); these commands make its data, the model that knows the facts, and measure it::
 
-    latkit unlearn facts --out runs/unlearn/data
+    latkit unlearn facts --output runs/unlearn/data
     latkit unlearn implant --model smollm2-135m --texts runs/unlearn/data/forget.jsonl \\
-        runs/unlearn/data/retain.jsonl --out runs/unlearn/implanted --steps 160
+        runs/unlearn/data/retain.jsonl --output runs/unlearn/implanted --steps 160
     latkit train recipes/unlearn-ga-lat.yaml --output runs/unlearn/ga-lat
     latkit unlearn eval --model runs/unlearn/ga-lat --data runs/unlearn/data --relearn --output ga-lat.json
 
@@ -149,7 +149,7 @@ def cmd_implant(args) -> int:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise DataError(f"{out} already exists; give another --out or --overwrite")
+        raise DataError(f"{out} already exists; give another --output or --overwrite")
     rec = implant_model_dir(args.model, args.texts, out, steps=args.steps, lr=args.lr, device=args.device, log=_log,
                             batch_size=args.batch_size, lora=LoraSettings(r=args.rank, alpha=2 * args.rank),
                             seed=args.seed, max_length=args.max_length, max_grad_norm=args.max_grad_norm)
