@@ -297,7 +297,7 @@ def plot_training_curves(label: str, records: Sequence[Mapping]) -> list[tuple[s
             short = k.removeprefix("loss/").removeprefix("adv/")
             style = "--" if k.endswith("/norm_max") else "-"
             ax.plot(xs, ys, style, marker="." if len(xs) < 30 else None, label=short)
-        if len(panel["series"]) > 1:
+        if len(panel["series"]) > 1 or "per site" in panel["title"]:  # name the site even when alone
             ax.legend(fontsize=7)
         ax.set_title(panel["title"], fontsize=9)
         ax.set_xlabel("step", fontsize=8)
