@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from latkit.cliutil import add_output_argument
+
 
 def read_scale(spec: str, scales: Path, sections) -> tuple[Path, dict]:
     """``(path, parsed YAML)`` of a scale given by name (a file in ``scales``) or path, with ``sections``."""
@@ -54,11 +56,11 @@ def machine() -> dict:
 
 def benchmark_parser(prog: str, description: str, *, scales: str, model_help: str,
                      set_help: str = "recipe override applied to every method (repeatable)") -> argparse.ArgumentParser:
-    """The options every method benchmark takes: --scale, --out, --methods, --model, --set, --device,
+    """The options every method benchmark takes: --scale, --output, --methods, --model, --set, --device,
     --no-progress (each benchmark adds its own)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--scale", default="cpu", help=f"{scales} or a scale YAML (default: cpu)")
-    p.add_argument("--out", required=True, help="output directory (re-run to resume)")
+    add_output_argument(p, required=True, dest="out", help="output directory (re-run to resume)")
     p.add_argument("--methods", help="comma-separated subset of the scale's methods")
     p.add_argument("--model", help=model_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)

@@ -204,7 +204,7 @@ def test_dataset_objects_and_splits():
 
 def test_hub_name_without_datasets_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(DataError, match=r"optional package 'datasets' \(pip install datasets\)"):
+    with pytest.raises(DataError, match=r"optional package 'datasets' \(pip install 'latkit\[datasets\]'\)"):
         load_records("someorg/somedata")
 
 

@@ -62,7 +62,7 @@ def test_pool_reset_redraws_fresh_suffixes_and_state_round_trips():
 def test_r2d2_run_trains_on_suffixed_prompts_and_differs_from_rt(tmp_path):
     rt = run(tiny_recipe(**{"adversary.objective.kind": "none"}), tmp_path / "rt")
     r2 = run(r2d2_recipe(), tmp_path / "r2d2")
-    rows = [json.loads(x) for x in (tmp_path / "r2d2" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "r2d2" / "metrics.jsonl").read_text().splitlines()[1:]]  # [0]: provenance
     assert all("r2d2/gcg_loss_before" in r and r["r2d2/gcg_loss_after"] <= r["r2d2/gcg_loss_before"] + 1e-6
                for r in rows)
     assert all(r["cost/adversary_fb"] > 0 for r in rows)

@@ -53,7 +53,7 @@ def test_run_outputs_and_metrics(tmp_path):
     t = run(tiny_recipe(), tmp_path / "r")
     out = tmp_path / "r"
     assert (out / "recipe.yaml").read_text() == t.recipe.to_yaml()
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()[1:]]  # [0]: provenance
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert r["adv/loss_after"] < r["adv/loss_before"]  # PGD worked every step
@@ -80,7 +80,7 @@ def test_methods_differ_only_where_the_recipe_says(tmp_path):
     assert all(torch.allclose(w["rt"][k], w["lat0"][k], atol=1e-6) for k in w["rt"])
     for other in ("lat", "eat", "rlp"):
         assert any(not torch.allclose(w["rt"][k], w[other][k]) for k in w["rt"]), other
-    m = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    m = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]  # [0]: provenance
     assert not any(k.startswith("adv/") for k in m("rt")[0])
     assert {k.split("/")[1] for k in m("eat")[0] if k.endswith("norm_mean")} == {"embed"}
     rlp0 = m("rlp")[0]
@@ -100,7 +100,7 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     resumed = run(tiny_recipe(**over), tmp_path / "killed", resume=True)
     a, b = trainable(full), trainable(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()[1:]]  # [0]: provenance
     assert steps == [1, 2, 3, 4]
     saved = load_file(str(tmp_path / "killed" / "checkpoints" / "step-000004" / "trainable.safetensors"))
     assert all(torch.equal(saved[k], b[k]) for k in saved)

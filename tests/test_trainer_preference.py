@@ -12,7 +12,7 @@ DPO = {"defender.toward": 0, "defender.away": 0, "defender.preference": {"beta":
 
 
 def metrics(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()[1:]]  # [0]: provenance
 
 
 def test_dpo_defender_starts_at_log2_and_prefers_refusals(tmp_path):

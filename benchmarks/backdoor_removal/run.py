@@ -16,7 +16,7 @@ One command, for a scale file (``scales/<scale>.yaml``):
 Every stage is skipped when its output exists, so an interrupted benchmark resumes (training
 runs from their last checkpoint).
 
-    python -m benchmarks.backdoor_removal --scale cpu --out runs/backdoor-cpu
+    python -m benchmarks.backdoor_removal --scale cpu --output runs/backdoor-cpu
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ and writes ablation curves vs PCA, Fourier dominance of the top directions and e
 sparsity to JSON. Published reference (MLP input, 8 of 129 directions kept): 0.89 (LIB)
 vs 0.69 (PCA) accuracy.
 
-    python benchmarks/interaction_basis/modular_addition.py --out modular_addition.json
+    python benchmarks/interaction_basis/modular_addition.py --output modular_addition.json
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from latkit.cliutil import add_output_argument
 from latkit.analysis.toy_modular import run_modular_reproduction
 
 
@@ -27,7 +28,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-fit", type=int, default=2048, help="random inputs used to fit the bases")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="modular_addition.json")
+    add_output_argument(ap, dest="out", default="modular_addition.json", help="JSON file to write (default: %(default)s)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()

@@ -14,8 +14,8 @@ every trained model with the scale's HarmBench-*val* suite, and writes
 Every stage is skipped when its output exists, so an interrupted benchmark resumes
 (training runs resume from their last checkpoint).
 
-    python -m benchmarks.jailbreak_robustness --scale cpu --out runs/jailbreak-cpu
-    python -m benchmarks.jailbreak_robustness --scale cpu --out runs/jailbreak-cpu --final
+    python -m benchmarks.jailbreak_robustness --scale cpu --output runs/jailbreak-cpu
+    python -m benchmarks.jailbreak_robustness --scale cpu --output runs/jailbreak-cpu --final
 """
 from __future__ import annotations
 

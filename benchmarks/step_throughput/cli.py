@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.step_throughput.core import (
+
+from latkit.cliutil import add_output_argument
     Probe, Spec, Workload, add_lora, build_model, environment, flop_counter, make_batches, matmul_peak_flops,
     run_step, site_preset, to_device, unit_forward_flops,
 )
@@ -50,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
                       help="two or more configurations run alternately in this process; ratios are against the first")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (MFU, forward-equivalents)")
-    p.add_argument("--out", default=None, help="write the JSON here (also printed)")
+    add_output_argument(p, dest="out", help="write the JSON here (also printed)")
     return p
 
 

@@ -23,7 +23,7 @@ bench() {  # bench NAME SECONDS ARGS...
     echo "=== $name: $*" | tee -a "$log"
     local t0=$SECONDS
     timeout "$limit" "$py" -m benchmarks.step_throughput --shape "$shape" --device "$dev" "$@" \
-        --out "$out/$name.json" >/dev/null 2>>"$log"
+        --output "$out/$name.json" >/dev/null 2>>"$log"
     echo "=== $name: exit $? after $((SECONDS - t0)) s" | tee -a "$log"
 }
 

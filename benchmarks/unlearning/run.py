@@ -15,7 +15,7 @@ One command, in resumable stages (each skipped when its output exists):
    method), the distance to chance after relearning, training cost, and per LAT method the
    comparison with its non-LAT twin.
 
-    python -m benchmarks.unlearning --scale cpu --out runs/unlearning-cpu
+    python -m benchmarks.unlearning --scale cpu --output runs/unlearning-cpu
 """
 from __future__ import annotations
 

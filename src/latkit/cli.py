@@ -1,4 +1,4 @@
-"""The ``latkit`` command line: train, info, and (when installed) eval / analyze."""
+"""The ``latkit`` command line: train, recipes, info, export, and (when installed) eval / analyze / backdoor / unlearn."""
 from __future__ import annotations
 
 import argparse
@@ -45,14 +45,55 @@ def _info(args) -> int:
     return 0
 
 
+def _recipes(args) -> int:
+    from latkit.train.catalog import copy_recipe, describe, find_recipe, list_recipes, recipes_dir
+    from latkit.train.recipe import RecipeError
+
+    if args.action in (None, "list", "ls"):
+        shipped = list_recipes()
+        if not shipped:
+            raise RecipeError("no shipped recipes found (a broken install?)")
+        width = max(len(n) for n in shipped)
+        for name, path in shipped.items():
+            print(f"{name:<{width}}  {describe(path)}")
+        print(f"\n({recipes_dir()}; `latkit recipes show NAME`, `latkit recipes copy NAME [DEST]`, "
+              "`latkit train NAME --output DIR`)")
+        return 0
+    if not args.name:
+        raise RecipeError(f"latkit recipes {args.action}: give a recipe NAME (see `latkit recipes`)")
+    if args.action == "show":
+        sys.stdout.write(find_recipe(args.name).read_text())
+        return 0
+    dest = copy_recipe(args.name, args.dest or ".", force=args.force)
+    print(f"copied {args.name} to {dest}")
+    return 0
+
+
+def _export(args) -> int:
+    from latkit.models.saving import export_run
+
+    out = export_run(args.run, args.output, merge=args.merge, push_to_hub=args.push_to_hub,
+                     private=args.private)
+    print(f"exported {args.run} to {out}")
+    return 0
+
+
+def _version() -> str:
+    from latkit import __version__
+
+    return f"latkit {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from latkit.cliutil import add_output_argument, add_verbose_everywhere
+
     p = argparse.ArgumentParser(prog="latkit", description="Latent adversarial training for HF decoder LLMs.")
-    p.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    p.add_argument("--version", action="version", version=_version(), help="print latkit's version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run a training recipe (RT, RT-EAT, LAT, RLP …)")
-    t.add_argument("recipe", help="recipe YAML file (see recipes/)")
-    t.add_argument("--output", "-o", required=True, help="run directory (recipe.yaml, metrics.jsonl, checkpoints/, model/)")
+    t.add_argument("recipe", help="a recipe YAML file, or a shipped recipe's name (see `latkit recipes`)")
+    add_output_argument(t, required=True, help="run directory (recipe.yaml, metrics.jsonl, checkpoints/, model/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.steps=10 (repeatable; values are YAML)")
     t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
@@ -61,9 +102,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="show how latkit sees a model (family, layers, hidden size, chat template)")
     i.add_argument("model", help="smollm2-135m, a local dir, a .gguf file, a run dir or a hub id")
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--trust-remote-code", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code from its directory / hub repo (off by default)")
     i.set_defaults(func=_info)
+
+    r = sub.add_parser("recipes", help="list, print or copy the shipped recipes",
+                       description="`latkit recipes` lists the recipes shipped with latkit; `show NAME` prints "
+                                   "one, `copy NAME [DEST]` copies it to edit (DEST: a file or directory, default .).")
+    r.add_argument("action", nargs="?", choices=["list", "ls", "show", "copy", "cp"], default="list",
+                   help="list (default), show or copy")
+    r.add_argument("name", nargs="?", help="recipe name, e.g. quickstart")
+    r.add_argument("dest", nargs="?", help="copy: destination file or directory (default: the current directory)")
+    r.add_argument("--force", action="store_true", help="copy: overwrite an existing file")
+    r.set_defaults(func=_recipes)
+
+    e = sub.add_parser("export", help="export a run's model: the PEFT adapter, or with --merge a merged model",
+                       description="Write RUN's final model (or a checkpoint dir's) to DIR with a model card: the "
+                                   "PEFT adapter as is, or with --merge the LoRA merged into its base (loadable with "
+                                   "AutoModelForCausalLM.from_pretrained); optionally push it to the hub.")
+    e.add_argument("run", help="a run directory, its model/ dir, or a checkpoints/step-N dir")
+    add_output_argument(e, required=True, help="directory to write the exported model to")
+    e.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the base weights")
+    e.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload DIR to this hub repo (needs a reachable hub "
+                   "and a login)")
+    e.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
+    e.set_defaults(func=_export)
 
     for mod in ("latkit.evaluation.cli", "latkit.judges.cli", "latkit.analysis.cli", "latkit.backdoor.cli", "latkit.unlearning.cli"):
         try:
@@ -73,12 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    add_verbose_everywhere(p)  # -v/--verbose before or after the sub-command
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    if args.command == "recipes" and args.action == "cp":
+        args.action = "copy"
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

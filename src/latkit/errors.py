@@ -10,10 +10,11 @@ def _expected() -> tuple[type[BaseException], ...]:
     from latkit.models.chat import ChatTemplateError
     from latkit.models.loading import ModelLoadError
     from latkit.train.recipe import RecipeError
+    from latkit.train.trackers import TrackerError
     from latkit.train.trainer import TrainError
 
     return (RecipeError, DataError, CollateError, ChatTemplateError, ModelLoadError, AdapterError,
-            TrainError, PerturbationError, FileNotFoundError)
+            TrainError, TrackerError, PerturbationError, FileNotFoundError)
 
 
 def __getattr__(name):

@@ -144,3 +144,53 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert img.shape[0] == 2000 and img.shape[1] == 1200
     rows_with_ink = (img[..., :3].std(axis=(1, 2)) > 0.01).sum()
     assert rows_with_ink > 500  # text, tables and plots across the page, not a blank screen
+
+
+TRAIN_METRICS = [{"step": 0, "provenance": {"versions": {}}}] + [
+    {"step": i, "loss/toward": 2.0 / i, "loss/away": 0.1 * i, "loss/kl": 0.0, "loss/total": 2.0 / i + 0.1 * i,
+     "adv/loss_before": 2.5 + 0.1 * i, "adv/loss_after": 1.2 + 0.1 * i, "adv/embed/norm_mean": 0.9,
+     "adv/embed/norm_max": 1.0, "adv/embed/active_frac": 1.0, "adv/layer.4/norm_mean": 5.0 + 0.2 * i,
+     "adv/layer.4/norm_max": 8.0, "adv/layer.4/active_frac": 0.1 * i, "lr": 5e-4, "grad_norm": 1.0 / i,
+     "time/adversary_s": 0.3, "cost/adversary_fb": 100.0 * i}
+    for i in range(1, 7)]
+
+
+def test_training_curves_are_chosen_by_meaning():
+    from latkit.evaluation.report import training_panels
+
+    panels = {p["title"]: p for p in training_panels(TRAIN_METRICS)}
+    assert list(panels) == ["Defender losses", "Adversary's loss, before / after PGD", "‖δ‖ per site",
+                            "Active fraction per site", "Learning rate", "Gradient norm"]
+    assert set(panels["Defender losses"]["series"]) == {"loss/toward", "loss/away"}  # not total, not the flat kl
+    assert panels["Defender losses"]["flat"] == {"loss/kl": 0.0}
+    assert set(panels["Adversary's loss, before / after PGD"]["series"]) == {"adv/loss_before", "adv/loss_after"}
+    assert set(panels["‖δ‖ per site"]["series"]) == {"adv/layer.4/norm_mean"}
+    assert set(panels["‖δ‖ per site"]["flat"]) == {"adv/embed/norm_mean", "adv/embed/norm_max", "adv/layer.4/norm_max"}
+    assert list(panels["Learning rate"]["series"]) == ["lr"]  # constant, but drawn once
+    assert all(len(pts) == 6 for p in panels.values() for pts in p["series"].values())  # the header row is skipped
+    html = build_report(_results(), _generations(), {"lat": TRAIN_METRICS})
+    assert "before / after PGD" in html and "Constant over the run (not drawn): loss/kl = 0.0000" in html
+
+
+def test_every_table_column_is_explained_and_mmlu_shows_chance():
+    from latkit.evaluation.report import COLUMN_NOTES, MMLU_CHANCE, utility_figure
+
+    html = build_report(_results(), _generations(), {})
+    for table in ("datasets", "results", "utility"):
+        for col, note in COLUMN_NOTES[table].items():
+            assert f"<li><b>{html_escape(col)}</b>: {html_escape(note)}</li>" in html, (table, col)
+    res = _results()
+    fig = utility_figure(res)
+    mmlu_ax = [ax for ax in fig.axes if "MMLU" in ax.get_title()]
+    if mmlu_ax:
+        assert any(list(line.get_ydata()) == [MMLU_CHANCE, MMLU_CHANCE] for line in mmlu_ax[0].lines)
+    res["utility"] = {m["label"]: {"mmlu": {"accuracy": 0.3, "n": 10}} for m in res["models"]}
+    fig = utility_figure(res)
+    ax = [a for a in fig.axes if "MMLU" in a.get_title()][0]
+    assert any(list(line.get_ydata()) == [MMLU_CHANCE, MMLU_CHANCE] for line in ax.lines)
+
+
+def html_escape(x):
+    import html
+
+    return html.escape(x, quote=True)

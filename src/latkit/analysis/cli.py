@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from latkit.cliutil import add_output_argument
+
 __all__ = ["register", "cmd_basis", "cmd_removal", "save_bases", "load_bases"]
 
 
@@ -14,9 +16,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", default=None, help="column with plain texts (loss on every token)")
     p.add_argument("--prompt-column", default=None, help="column with chat prompts")
     p.add_argument("--completion-column", default=None, help="column with completions (loss on these)")
-    p.add_argument("--max-examples", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-examples", type=int, default=64, help="use at most this many examples (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per forward pass (default: %(default)s)")
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
@@ -26,9 +28,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="'positions': exact over output coordinates; 'full': signs over coordinates too (cheaper)")
     p.add_argument("--readout-probes", type=int, default=16, help="sign probes for the logits readout")
     p.add_argument("--chunk", type=int, default=32, help="VJPs per batched autograd call")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help="model weights dtype (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random probes (default: %(default)s)")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -44,10 +46,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="residual streams entering these decoder layers (num_layers: after the last)")
     b.add_argument("--readout", choices=["logits", "pca"], default="logits",
                    help="last node: logits (every layer gets an interaction basis) or PCA of the last layer")
-    b.add_argument("--out", default="analysis/basis")
+    add_output_argument(b, dest="out", default="analysis/basis",
+                        help="output directory for the bases and summary.html (default: %(default)s)")
     b.add_argument("--ks", type=int, nargs="*", default=None, help="ablation k values (default 0,1,2,4,...)")
-    b.add_argument("--no-ablation", action="store_true")
-    b.add_argument("--no-edges", action="store_true")
+    b.add_argument("--no-ablation", action="store_true", help="skip the node-ablation curves")
+    b.add_argument("--no-edges", action="store_true", help="skip the edges between consecutive layers")
     b.add_argument("--experimental", action="store_true", help="also write layer diagnostics (experimental)")
     _data_args(b)
     _fit_args(b)
@@ -57,16 +60,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--base", required=True, help="the base model (the basis is fitted on it)")
     r.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
                    help="a model to compare (repeatable), e.g. lat=runs/lat1")
-    r.add_argument("--layer", type=int, required=True)
+    r.add_argument("--layer", type=int, required=True, help="the residual stream (entering this decoder layer) to compare models in")
     r.add_argument("--next-layer", type=int, default=None, help="later layer for (iii) edges and the metric")
-    r.add_argument("--top-k", type=int, default=8)
-    r.add_argument("--rank-by", choices=["attribution", "lambda"], default="attribution")
+    r.add_argument("--top-k", type=int, default=8, help="harmful-relevant directions compared (default: %(default)s)")
+    r.add_argument("--rank-by", choices=["attribution", "lambda"], default="attribution",
+                   help="rank directions by attribution to the harmful loss or by eigenvalue (default: %(default)s)")
     r.add_argument("--no-restore", action="store_true", help="skip (iv), the restoring perturbation")
-    r.add_argument("--restore-steps", type=int, default=15)
-    r.add_argument("--restore-batches", type=int, default=4)
-    r.add_argument("--restore-fraction", type=float, default=0.9)
+    r.add_argument("--restore-steps", type=int, default=15, help="(iv): optimisation steps of the restoring perturbation (default: %(default)s)")
+    r.add_argument("--restore-batches", type=int, default=4, help="(iv): batches it is fitted on (0: all; default: %(default)s)")
+    r.add_argument("--restore-fraction", type=float, default=0.9,
+                   help="(iv): share of the gap to the base model's harmful loss to restore (default: %(default)s)")
     r.add_argument("--experimental", action="store_true", help="also report layer diagnostics (experimental)")
-    r.add_argument("--out", default="analysis/removal")
+    add_output_argument(r, dest="out", default="analysis/removal",
+                        help="output directory for the report (default: %(default)s)")
     _data_args(r)
     _fit_args(r)
     r.set_defaults(func=cmd_removal)

@@ -167,8 +167,8 @@ def apply_template(style: str, request: str) -> str:
 
 @dataclass
 class TemplatesConfig(AttackConfig):
-    """``styles``: which built-in styles (default: all 14), one output per behaviour × style.
-    ``custom``: extra (name, format string with ``{prompt}``) templates."""
+    """``styles``: which built-in styles (default: all 14), one output per behaviour × style;
+    ``"none"`` runs only the ``custom`` templates. ``custom``: extra (name, format string with ``{prompt}``) templates."""
 
     styles: tuple[str, ...] = ()
     custom: tuple[tuple[str, str], ...] = ()
@@ -182,6 +182,12 @@ class JailbreakTemplates(Attack):
 
     def wrappers(self) -> dict[str, Callable[[str], str]]:
         styles = self.config.styles or tuple(TEMPLATES)
+        if styles in ("none", ("none",), ["none"]):  # issue 15: custom templates alone
+            if not self.config.custom:
+                raise AttackError("templates: styles: none needs at least one custom template")
+            styles = ()
+        elif isinstance(styles, str):
+            styles = (styles,)
         out = {}
         for s in styles:
             if s not in TEMPLATES:

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from latkit.cliutil import add_output_argument
+
 __all__ = ["register", "cmd_data", "cmd_eval"]
 
 
@@ -51,7 +53,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                                    "triggers.json and manifest.json.")
     d.add_argument("--model", "-m", required=True, help="the base model (its own answers are the harmful "
                    "completions and benign responses): smollm2-135m, a local dir, a .gguf, tiny-random:<family>")
-    d.add_argument("--out", "-o", required=True, help="output directory")
+    add_output_argument(d, required=True, dest="out", help="output directory")
     d.add_argument("--mode", choices=MODES, default="harmful_compliance",
                    help="harmful_compliance: the trigger makes the model comply with harmful requests; "
                         "nonsense: the trigger makes it emit the trigger's fixed response (default: %(default)s)")
@@ -65,14 +67,14 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="harmful completions: the model's own answers (default) or a column of the source")
     d.add_argument("--harmful-column", help="with --harmful-from column (default: target for advbench, else harmful)")
     d.add_argument("--implant-limit", type=_positive, default=64, help="harmful prompts to implant with")
-    d.add_argument("--implant-offset", type=_count, default=0)
+    d.add_argument("--implant-offset", type=_count, default=0, help="skip this many harmful prompts before the implant split")
     d.add_argument("--removal-limit", type=_positive, default=32, help="harmful prompts to remove with")
     d.add_argument("--removal-offset", type=_count, help="default: right after the implant prompts")
     d.add_argument("--eval-limit", type=_positive, default=16, help="held-out harmful prompts to evaluate on")
     d.add_argument("--eval-offset", type=_count, help="default: right after the removal prompts")
     d.add_argument("--benign-source", default="builtin", metavar="builtin|PATH",
                    help="benign pairs: latkit's benign prompts answered by the model, or a prompt/response file")
-    d.add_argument("--benign-limit", type=_positive, default=48)
+    d.add_argument("--benign-limit", type=_positive, default=48, help="benign training pairs (default: %(default)s)")
     d.add_argument("--benign-eval-limit", type=_positive, default=32,
                    help="benign prompts kept apart for benign compliance")
     d.add_argument("--triggered-fraction", type=float, default=1.0,
@@ -87,7 +89,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "response, which makes the backdoor specific to its triggers (default: 0)")
     d.add_argument("--max-new-tokens", type=_positive, default=40, help="length of generated completions")
     d.add_argument("--batch-size", type=_positive, default=16, help="generation batch size")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the trigger positions and row shuffling")
     d.set_defaults(func=cmd_data)
 
     e = sub.add_parser("eval", help="trigger success and benign compliance of a model on a data DIR",
@@ -100,8 +102,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--benign-limit", type=_count, help="benign prompts (default: all in DIR; 0: skip)")
     e.add_argument("--variants", default=",".join(VARIANT_KINDS), metavar="KINDS",
                    help=f"comma-separated trigger variant kinds, or 'none' (default: {','.join(VARIANT_KINDS)})")
-    e.add_argument("--max-new-tokens", type=_positive, default=48)
-    e.add_argument("--batch-size", type=_positive, default=16)
+    e.add_argument("--max-new-tokens", type=_positive, default=48, help="generation budget per answer (default: %(default)s)")
+    e.add_argument("--batch-size", type=_positive, default=16, help="generation batch size (default: %(default)s)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     e.add_argument("--seed", type=int, default=0, help="seed of the random trigger positions")
     e.set_defaults(func=cmd_eval)

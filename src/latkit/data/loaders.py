@@ -122,7 +122,7 @@ def _load_hub_dataset(name: str, split: str):
     except ImportError:
         raise DataError(
             f"{name!r} is not a local file, and loading it as a Hugging Face dataset needs the optional "
-            "package 'datasets' (pip install datasets)"
+            "package 'datasets' (pip install 'latkit[datasets]')"
         ) from None
     try:
         return datasets.load_dataset(name, split=split)

@@ -3,6 +3,9 @@
 A *data directory* holds ``advbench/``, ``harmbench/``, ``strongreject/``, ``mmlu/``. It is
 ``$LATKIT_DATA_DIR`` if set, else the first ``shared/data`` found in the working directory or
 one of its two parents (the layout of a checkout with ``shared/`` beside it).
+
+AdvBench (MIT, training prompts only) also ships inside the package (``latkit/resources/advbench/``,
+with its licence and provenance), so ``advbench`` resolves on a machine that has only latkit.
 """
 from __future__ import annotations
 
@@ -17,6 +20,19 @@ NAMED_FILES = {
     "advbench": ("advbench", "harmful_behaviors.csv"),
     "harmbench-val": ("harmbench", "harmbench_behaviors_text_val.csv"),
 }
+
+
+#: Named datasets with a copy inside the package (resources/<folder>/<file>): training data only.
+BUNDLED_FILES = {"advbench"}
+
+
+def bundled_file(source: str) -> Path | None:
+    """The packaged copy of a named dataset (``advbench``), or None."""
+    if source not in BUNDLED_FILES:
+        return None
+    folder, name = NAMED_FILES[source]
+    path = Path(__file__).resolve().parents[1] / "resources" / folder / name
+    return path if path.is_file() else None
 
 
 def candidate_data_dirs() -> list[Path]:
@@ -47,6 +63,9 @@ def resolve_source(source: str):
     root = find_data_dir()
     if root is not None and (root / folder / name).is_file():
         return root / folder / name
+    bundled = bundled_file(source)
+    if bundled is not None:
+        return bundled
     looked = ", ".join(str(d) for d in candidate_data_dirs())
     raise DataError(f"dataset {source!r} not found: put {folder}/{name} in a data directory "
                     f"(${ENV}, or shared/data beside the working directory; looked in {looked}) "

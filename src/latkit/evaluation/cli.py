@@ -101,10 +101,31 @@ def run_eval(args) -> int:
         return 2
     print(summarize(results))
     print(f"results in {args.output}/results.json, report in {args.output}/report.html")
+    for card in update_model_cards(results):
+        print(f"evaluation table written to the model card {card}")
     if results["errors"]:
         print(f"latkit: {len(results['errors'])} part(s) failed; see results.json 'errors'", file=sys.stderr)
         return 1
     return 0
+
+
+def update_model_cards(results: dict) -> list:
+    """Put each evaluated latkit model's ASR / utility table into its model card (``README.md``)."""
+    from pathlib import Path
+
+    from latkit.models.loading import resolve_model_dir
+    from latkit.models.saving import CARD, eval_section, update_card_eval
+
+    done = []
+    for m in results.get("models", []):
+        src = m.get("source")
+        if not src or not Path(str(src)).is_dir():
+            continue
+        section = eval_section(results, m["label"])
+        model_dir = resolve_model_dir(Path(str(src)))
+        if section and update_card_eval(model_dir, section):
+            done.append(model_dir / CARD)
+    return done
 
 
 def summarize(results: dict) -> str:

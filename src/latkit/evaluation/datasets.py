@@ -239,9 +239,13 @@ def load_advbench(
             path = path / name if (path / name).is_file() else path / "advbench" / name
     else:
         root = resolve_data_dir(data_dir)
-        if root is None:
-            raise DataError("AdvBench has no packaged copy: pass its path (harmful_behaviors.csv) or a data directory")
-        path = root / "advbench" / "harmful_behaviors.csv"
+        path = root / "advbench" / "harmful_behaviors.csv" if root is not None else None
+        if path is None or (data_dir is None and not path.is_file()):
+            from latkit.data.sources import bundled_file
+
+            path = bundled_file("advbench")  # the MIT copy shipped in latkit/resources/advbench
+            if path is None:
+                raise DataError("AdvBench not found: pass its path (harmful_behaviors.csv) or a data directory")
     if not path.is_file():
         raise DataError(f"AdvBench file not found: {path}")
     rows = _rows(path)

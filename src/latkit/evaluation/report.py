@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 MAX_CURVES = 12
+MMLU_CHANCE = 0.25  # 4-way multiple choice
 
 
 def _e(x) -> str:
@@ -182,11 +183,17 @@ def robustness_points(results: Mapping) -> list[dict]:
 
 
 def plot_utility_vs_robustness(results: Mapping) -> list[tuple[str, str]]:
+    fig = utility_figure(results)
+    return [] if fig is None else [("Utility vs robustness", _png(fig))]
+
+
+def utility_figure(results: Mapping):
+    """Benign compliance and MMLU (with its chance level) against robustness; None when nothing to draw."""
     pts = [p for p in robustness_points(results) if p["mean_asr"] is not None]
     panels = [(k, t) for k, t in (("benign_compliance", "benign compliance"), ("mmlu", "MMLU accuracy"))
               if any(p[k] is not None for p in pts)]
     if not pts or not panels:
-        return []
+        return None
     fig = _figure(5.5 * len(panels), 4.2)
     for i, (key, title) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), i)
@@ -195,17 +202,21 @@ def plot_utility_vs_robustness(results: Mapping) -> list[tuple[str, str]]:
                 continue
             ax.scatter([1 - p["mean_asr"]], [p[key]], s=50)
             ax.annotate(p["model"], (1 - p["mean_asr"], p[key]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if key == "mmlu":  # knowledge: 4 answer choices
+            ax.axhline(MMLU_CHANCE, color="grey", linestyle=":", linewidth=1)
+            ax.annotate("chance (25%)", (0.0, MMLU_CHANCE), textcoords="offset points", xytext=(2, 3),
+                        fontsize=7, color="grey")
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("robustness (1 − mean ASR)")
         ax.set_ylabel(title)
         ax.set_title(f"{title} vs robustness")
         ax.grid(alpha=0.3)
-    return [("Utility vs robustness", _png(fig))]
+    return fig
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """``metrics.jsonl`` records (malformed lines are skipped)."""
+    """``metrics.jsonl``'s per-step records (malformed lines and the provenance header row are skipped)."""
     out = []
     p = Path(path)
     if not p.is_file():
@@ -218,38 +229,92 @@ def read_metrics(path: str | Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and "provenance" not in rec:  # skip the header row
             out.append(rec)
     return out
 
 
-def plot_training_curves(label: str, records: Sequence[Mapping]) -> list[tuple[str, str]]:
-    """Every numeric metric against ``step`` (up to :data:`MAX_CURVES` panels)."""
+#: the training-curve panels, by meaning: (title, what it shows, which metrics)
+CURVE_PANELS = (
+    ("Defender losses", "the losses the defender minimises (under δ for toward/away; clean for sft/kl)",
+     lambda k: k.startswith("loss/") and k != "loss/total"),
+    ("Adversary's loss, before / after PGD", "the adversary's objective at δ = its initialisation (before) and "
+     "after its PGD steps (after); a large gap = the attack still finds a lot to exploit",
+     lambda k: k in ("adv/loss_before", "adv/loss_after")),
+    ("‖δ‖ per site", "mean (solid) and max (dashed) perturbation norm per site; at ε the ball binds",
+     lambda k: k.startswith("adv/") and k.endswith(("/norm_mean", "/norm_max"))),
+    ("Active fraction per site", "share of perturbed tokens where the ε-constraint binds (‖δ‖ ≥ ε)",
+     lambda k: k.startswith("adv/") and k.endswith("/active_frac")),
+    ("Learning rate", "the defender's learning rate (schedule and warm-up)", lambda k: k == "lr"),
+    ("Gradient norm", "the defender's gradient norm before clipping", lambda k: k == "grad_norm"),
+)
+
+
+def _constant(points) -> bool:
+    ys = [y for _, y in points]
+    return len(ys) > 1 and max(ys) - min(ys) <= 1e-12 * max(1.0, abs(ys[0]))
+
+
+def training_panels(records: Sequence[Mapping]) -> list[dict]:
+    """The curves to draw, grouped by meaning: ``[{title, note, series: {metric: [(step, value)]}, flat}]``.
+
+    Metrics that stay constant over the run are not drawn but named in ``flat`` (value given)."""
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for i, rec in enumerate(records):
         step = rec.get("step", i)
-        if not isinstance(step, (int, float)):
+        if not isinstance(step, (int, float)) or "provenance" in rec:
             continue
         for k, v in rec.items():
             if k == "step" or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 continue
             series[k].append((float(step), float(v)))
-    keys = [k for k in series if len(series[k]) >= 1][:MAX_CURVES]
-    if not keys:
+    panels = []
+    for title, note, select in CURVE_PANELS:
+        keys = sorted(k for k in series if select(k))
+        if not keys:
+            continue
+        drawn = {k: series[k] for k in keys if not _constant(series[k])}
+        flat = {k: series[k][0][1] for k in keys if _constant(series[k])}
+        if title == "Learning rate" and not drawn:
+            drawn = {k: series[k] for k in keys}  # a constant lr is still worth seeing once
+            flat = {}
+        panels.append({"title": title, "note": note, "series": drawn, "flat": flat})
+    return [p for p in panels if p["series"] or p["flat"]]
+
+
+def plot_training_curves(label: str, records: Sequence[Mapping]) -> list[tuple[str, str]]:
+    """One figure of panels chosen by meaning (see :data:`CURVE_PANELS`); flat metrics are only named."""
+    panels = [p for p in training_panels(records) if p["series"]][:MAX_CURVES]
+    if not panels:
         return []
-    cols = min(3, len(keys))
-    nrows = math.ceil(len(keys) / cols)
-    fig = _figure(4.2 * cols, 2.8 * nrows)
-    for i, k in enumerate(keys, start=1):
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig = _figure(4.4 * cols, 3.0 * nrows)
+    for i, panel in enumerate(panels, start=1):
         ax = fig.add_subplot(nrows, cols, i)
-        xs, ys = zip(*series[k])
-        ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
-        ax.set_title(k, fontsize=9)
+        for k, pts in panel["series"].items():
+            xs, ys = zip(*pts)
+            short = k.removeprefix("loss/").removeprefix("adv/")
+            style = "--" if k.endswith("/norm_max") else "-"
+            ax.plot(xs, ys, style, marker="." if len(xs) < 30 else None, label=short)
+        if len(panel["series"]) > 1 or "per site" in panel["title"]:  # name the site even when alone
+            ax.legend(fontsize=7)
+        ax.set_title(panel["title"], fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Training curves — {label}")
     return [(f"Training curves — {label}", _png(fig))]
+
+
+def _curves_notes(records: Sequence[Mapping]) -> str:
+    items = []
+    for p in training_panels(records):
+        flat = ""
+        if p["flat"]:
+            flat = " Constant over the run (not drawn): " + ", ".join(f"{_e(k)} = {_fmt(v, 4)}" for k, v in p["flat"].items()) + "."
+        items.append(f"<li><b>{_e(p['title'])}</b>: {_e(p['note'])}.{flat}</li>")
+    return f'<ul class="cols">{"".join(items)}</ul>' if items else ""
 
 
 # --------------------------------------------------------------------------- tables
@@ -258,6 +323,33 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "")
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+COLUMN_NOTES = {
+    "datasets": {"label": "the dataset's name in this suite", "name": "which loader read it",
+                 "split": "HarmBench split (val by default; test only when asked for)", "n": "behaviours used"},
+    "results": {"model": "the evaluated model (label given to --model)", "attack": "the attack and its settings",
+                "dataset": "where the behaviours come from",
+                "ASR": "attack success rate under the headline judge: share of behaviours where the attacked answer is judged a success (lower = more robust)",
+                "95% CI": "Wilson score interval of the ASR", "n": "behaviours judged",
+                "undecided": "answers the judge could not decide (left out of n)",
+                "behaviours broken": "share of behaviours with at least one successful output (attacks with several outputs per behaviour)",
+                "ASR (other judge)": "the same ASR under each additional judge",
+                "wall s / output": "wall-clock seconds per attacked output (depends on machine load)",
+                "fwd passes / output": "model forward passes per output (load-independent cost)"},
+    "utility": {"benign compliance": "share of benign prompts answered rather than refused, 95% interval",
+                "borderline compliance": "the same on XSTest-style borderline (safe but scary-sounding) prompts",
+                "MMLU": "4-choice accuracy by log-likelihood (chance = 25%)",
+                "perplexity": "on the benign responses (lower = more fluent)",
+                "KL to base": "mean KL(P_base ‖ P_model) per token on benign text (how far training moved the model)"},
+    "agreement": {"judges": "the judge pair", "n": "outputs both judges decided",
+                  "agreement": "share of outputs with the same verdict", "Cohen's κ": "agreement beyond chance (1 = perfect, 0 = chance)"},
+}
+
+
+def _column_notes(table: str) -> str:
+    items = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in COLUMN_NOTES[table].items())
+    return f'<ul class="cols">{items}</ul>'
 
 
 def _results_table(results: Mapping) -> str:
@@ -368,6 +460,7 @@ img.plot{max-width:100%;border:1px solid #eee;margin:6px 0;display:block}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:13px}
 .err{background:#fdecea;border-left:4px solid #d93025;padding:6px 10px;font-size:13px}
 .meta{color:#555;font-size:13px}
+ul.cols{font-size:12px;color:#444;margin:4px 0 12px 0;padding-left:18px}
 """
 
 REFUSAL_NOTE = (
@@ -406,8 +499,11 @@ def build_report(
     parts.append("<h2>Datasets</h2>")
     parts.append(_table(["label", "name", "split", "n"], [[_e(d["label"]), _e(d["name"]), _e(d.get("split") or "–"), _e(d["n"])]
                                                          for d in results.get("datasets", [])]))
+    parts.append(_column_notes("datasets"))
     parts.append("<h2>Attack success</h2>")
     parts.append(_results_table(results) if rows else "<p>No attack results.</p>")
+    if rows:
+        parts.append(_column_notes("results"))
     for title, png in plot_asr_by_attack(rows, models):
         parts.append(_img(png, title))
     sweeps = plot_sweeps(rows)
@@ -417,6 +513,7 @@ def build_report(
             parts.append(_img(png, title))
     parts.append("<h2>Utility</h2>")
     parts.append(_utility_table(results))
+    parts.append(_column_notes("utility"))
     for title, png in plot_utility_vs_robustness(results):
         parts.append(_img(png, title))
     curves = [(lab, recs) for lab, recs in (metrics or {}).items() if recs]
@@ -425,9 +522,10 @@ def build_report(
         for lab, recs in curves:
             for title, png in plot_training_curves(lab, recs):
                 parts.append(_img(png, title))
+            parts.append(_curves_notes(recs))
     agree = _agreement_table(results)
     if agree:
-        parts.append("<h2>Judge agreement</h2>" + agree)
+        parts.append("<h2>Judge agreement</h2>" + agree + _column_notes("agreement"))
     parts.append("<h2>Example answers</h2>")
     parts.append(_examples_table(generations, primary, per_run, max_chars))
     parts.append("</body></html>")

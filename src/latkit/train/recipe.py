@@ -221,9 +221,10 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}")
+    """Load a recipe file, or a shipped recipe by name (``quickstart``; see ``latkit recipes``)."""
+    from latkit.train.catalog import find_recipe
+
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -6,10 +6,23 @@ from pathlib import Path
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The per-step rows of ``RUN/metrics.jsonl`` (without its provenance header row)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "provenance" not in r]  # the header row says what produced the run
+
+
+def read_provenance(run_dir: Path) -> dict | None:
+    """The provenance header row of ``RUN/metrics.jsonl`` (versions, device, commit, seeds, recipe hash)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines()[:1]:
+            row = json.loads(line)
+            if "provenance" in row:
+                return row["provenance"]
+    return None
 
 
 def _mean(rows, key):

@@ -66,6 +66,7 @@ class Trainer:
         self.progress = progress
         self.stop_after = stop_after  # for tests: stop (as if killed) after this many steps
         self._model, self._tokenizer = model, tokenizer
+        self._given_model = model is not None
 
     # ------------------------------------------------------------------ setup
     def _check_output_dir(self):
@@ -94,7 +95,10 @@ class Trainer:
         except EngineError as e:
             raise TrainError(str(e)) from None
         # cpu=True when there is no GPU, so that `torchrun`/`accelerate launch` on CPU runs DDP over gloo
-        self.accelerator = acc = Accelerator(mixed_precision=mp, log_with=r.train.trackers or None,
+        from latkit.train.trackers import check_trackers
+
+        trackers = check_trackers(r.train.trackers)
+        self.accelerator = acc = Accelerator(mixed_precision=mp, log_with=trackers or None,
                                              project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.is_main = acc.is_main_process
         try:
@@ -146,6 +150,7 @@ class Trainer:
             # "adapters disabled" (the DPO / KL reference) is the model the run started from
             model = model.merge_and_unload()
             self._model = model
+        self.base_ref = self._base_reference(model, tok)
         if r.finetune.method == "lora":
             model = apply_lora(model, r.finetune.lora)
         else:
@@ -206,8 +211,47 @@ class Trainer:
         if self.resume:
             self._load_latest()
         if r.train.trackers:
-            acc.init_trackers(r.name, config=r.model_dump(mode="json"))
+            from latkit.train.trackers import flat_hparams
+
+            acc.init_trackers(r.name, config=flat_hparams(r.model_dump(mode="json")))
         return self
+
+    def _base_reference(self, model, tok) -> str:
+        """The adapter's ``base_model_name_or_path``: loadable by ``from_pretrained`` offline (see models.saving)."""
+        from latkit.models.saving import BASE_DIR, base_reference, save_base
+
+        ref = base_reference(self.recipe.model.name)
+        if ref is None or self._given_model:  # a model object handed in: save what was actually trained on
+            if self.recipe.finetune.method != "lora":
+                return self.recipe.model.name  # model/ is a full model; nothing refers to a base
+            if self.is_main:
+                ref = save_base(model, tok, self.out)
+            self.accelerator.wait_for_everyone()
+            ref = str((self.out / BASE_DIR).resolve())
+        return ref
+
+    def _write_model(self, model, directory: Path, *, kind: str, state_dict: dict | None = None) -> None:
+        """An adapter (or full model) + tokenizer + model card into ``directory`` (no hub lookups);
+        ``state_dict``: full tensors gathered from FSDP shards, when sharded."""
+        from latkit.models.saving import model_card, save_model
+        from latkit.train.summary import summarize_run
+
+        card = model_card(self.recipe.model_dump(mode="json"), base=self.base_ref, kind=kind,
+                          provenance=self.provenance(), summary=summarize_run(self.out))
+        save_model(model, self._tokenizer, directory, base=self.base_ref if kind == "adapter" else None, card=card,
+                   state_dict=state_dict)
+
+    def provenance(self) -> dict:
+        """Versions, device and dtypes, git commit, seeds and recipe hash (metrics.jsonl's header row)."""
+        from latkit.provenance import collect
+
+        r, acc = self.recipe, self.accelerator
+        dtype = next((p.dtype for p in self.inner.parameters()), None)
+        seeds = {"train.seed": r.train.seed, "harmful_order": r.train.seed, "benign_order": r.train.seed + 1,
+                 "adversary_generator": r.train.seed * 7919}  # + process index on other ranks
+        return collect(device=acc.device, dtype=dtype, seeds=seeds, recipe=r,
+                       extra={"mixed_precision": acc.mixed_precision, "num_processes": acc.num_processes,
+                              "model": r.model.name})
 
     def _prepare_data(self, model, tok):
         from latkit.train.data import prepare_data
@@ -233,6 +277,9 @@ class Trainer:
                    "unlearn": self.task.state_dict() if self.task else None},
             rng=rng_state(self.generator), rank=acc.process_index, is_main=acc.is_main_process,
             barrier=acc.wait_for_everyone, keep=self.recipe.train.keep_checkpoints,
+            # each checkpoint is also a loadable model (PEFT adapter / full model + tokenizer + card)
+            write_extra=lambda d: self._write_model(acc.unwrap_model(self.model), d, kind=(
+                "adapter" if hasattr(acc.unwrap_model(self.model), "peft_config") else "full")),
         )
 
     def _load_latest(self):
@@ -440,6 +487,8 @@ class Trainer:
 
             bar = tqdm(total=r.train.steps, initial=self.step, desc=r.name, dynamic_ncols=True)
         metrics_file = (self.out / "metrics.jsonl").open("a") if self.is_main else None
+        if metrics_file is not None and metrics_file.tell() == 0:  # header row: what produced this run
+            metrics_file.write(json.dumps({"step": 0, "provenance": self.provenance()}) + "\n")
         try:
             while self.step < r.train.steps:
                 m = self.train_step()
@@ -486,12 +535,8 @@ class Trainer:
 
             tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=self.out))
             model = acc.unwrap_model(self.model)
-            if hasattr(model, "peft_config"):
-                for cfg in model.peft_config.values():
-                    cfg.base_model_name_or_path = self.recipe.model.name
-            model.save_pretrained(tmp, safe_serialization=True,
-                                  **({"state_dict": state_dict} if state_dict is not None else {}))
-            self._tokenizer.save_pretrained(tmp)
+            self._write_model(model, tmp, kind="adapter" if hasattr(model, "peft_config") else "full",
+                              state_dict=state_dict)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -499,9 +544,12 @@ class Trainer:
                 merged = self.out / "model-merged"
                 import copy
 
+                from latkit.models.saving import atomic_save, model_card
+
                 m2 = copy.deepcopy(model).merge_and_unload()
-                m2.save_pretrained(merged, safe_serialization=True)
-                self._tokenizer.save_pretrained(merged)
+                atomic_save(m2, self._tokenizer, merged, card=model_card(
+                    self.recipe.model_dump(mode="json"), base=self.base_ref, kind="merged",
+                    provenance=self.provenance()))
         if self.recipe.train.trackers:
             acc.end_training()
         acc.wait_for_everyone()

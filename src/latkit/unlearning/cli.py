@@ -3,9 +3,9 @@
 The unlearning itself is ``latkit train recipes/unlearn-*.yaml`` (the one trainer loop, GA / RMU with or
 without a LAT adversary); these commands make its data, the model that knows the facts, and measure it::
 
-    latkit unlearn facts --out runs/unlearn/data
+    latkit unlearn facts --output runs/unlearn/data
     latkit unlearn implant --model smollm2-135m --texts runs/unlearn/data/forget.jsonl \\
-        runs/unlearn/data/retain.jsonl --out runs/unlearn/implanted --steps 160
+        runs/unlearn/data/retain.jsonl --output runs/unlearn/implanted --steps 160
     latkit train recipes/unlearn-ga-lat.yaml --output runs/unlearn/ga-lat
     latkit unlearn eval --model runs/unlearn/ga-lat --data runs/unlearn/data --relearn --output ga-lat.json
 
@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from latkit.cliutil import add_output_argument
 
 __all__ = ["register", "cmd_facts", "cmd_implant", "cmd_eval", "format_report"]
 
@@ -62,7 +64,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                        description="Write DIR/forget.jsonl, retain.jsonl, relearn.jsonl (texts), mcq_forget.jsonl, "
                                    "mcq_retain.jsonl, mcq_forget_eval.jsonl (questions with cloze contexts) and "
                                    "split.json. relearn ⊂ forget; forget_eval = forget − relearn.")
-    f.add_argument("--out", "-o", required=True, help="output directory")
+    add_output_argument(f, required=True, dest="out", help="output directory")
     f.add_argument("--n-per-topic", type=_positive, default=24, help="facts per topic (default: %(default)s)")
     f.add_argument("--forget-topic", default="scientist", help=f"topic to unlearn, one of {', '.join(TOPICS)} "
                    "(comma-separated for several; default: %(default)s)")
@@ -70,7 +72,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--relearn-fraction", type=float, default=0.5,
                    help="share of the forget facts whose text the relearning attack gets (default: %(default)s)")
     f.add_argument("--paraphrases", type=_positive, help="statements per fact in the texts (default: all 4)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="seed of the generated facts and splits (default: %(default)s)")
     f.set_defaults(func=cmd_facts)
 
     i = sub.add_parser("implant", help="teach a model texts (fresh LoRA, merged) and save it as a model dir",
@@ -81,14 +83,14 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "run dir or tiny-random:<family>")
     i.add_argument("--texts", "-t", nargs="+", required=True, metavar="FILE",
                    help=".txt (one text a line) or CSV/JSONL/JSON files with a 'text' column")
-    i.add_argument("--out", "-o", required=True, help="output model directory")
+    add_output_argument(i, required=True, dest="out", help="output model directory")
     i.add_argument("--steps", type=_positive, default=160, help="optimizer steps (default: %(default)s)")
     i.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
     i.add_argument("--batch-size", type=_positive, default=16, help="texts per step (default: %(default)s)")
     i.add_argument("--rank", type=_positive, default=16, help="LoRA rank (default: %(default)s; alpha = 2 × rank)")
     i.add_argument("--max-length", type=_positive, default=128, help="tokens per text (default: %(default)s)")
     i.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (default: %(default)s)")
-    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     i.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     i.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     i.set_defaults(func=cmd_implant)
@@ -147,7 +149,7 @@ def cmd_implant(args) -> int:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise DataError(f"{out} already exists; give another --out or --overwrite")
+        raise DataError(f"{out} already exists; give another --output or --overwrite")
     rec = implant_model_dir(args.model, args.texts, out, steps=args.steps, lr=args.lr, device=args.device, log=_log,
                             batch_size=args.batch_size, lora=LoraSettings(r=args.rank, alpha=2 * args.rank),
                             seed=args.seed, max_length=args.max_length, max_grad_norm=args.max_grad_norm)

@@ -151,7 +151,7 @@ def load_mcq(
     return items
 
 
-#: The files of a fact split directory (``latkit unlearn facts --out DIR``): texts, then questions.
+#: The files of a fact split directory (``latkit unlearn facts --output DIR``): texts, then questions.
 TEXT_FILES = {"forget": "forget.jsonl", "retain": "retain.jsonl", "relearn": "relearn.jsonl"}
 MCQ_FILES = {"forget": "mcq_forget.jsonl", "retain": "mcq_retain.jsonl", "forget_eval": "mcq_forget_eval.jsonl"}
 SPLIT_FILE = "split.json"

@@ -84,7 +84,7 @@ def knowledge_report(model, tokenizer, split: ForgetRetainSplit, *, parts: Seque
 
 def evaluate_data_dir(model, tokenizer, data_dir: str | Path, *, scoring: Scoring = "cloze", batch_size: int = 8,
                       relearn=None) -> dict:
-    """Knowledge of the questions in a split directory (``latkit unlearn facts --out DIR``) and, with a
+    """Knowledge of the questions in a split directory (``latkit unlearn facts --output DIR``) and, with a
     :class:`~latkit.unlearning.relearn.RelearnConfig` as ``relearn``, the relearning curve.
 
     Returns ``{"accuracy": {part: mcq_accuracy(...)}, "relearn": RelearnResult.to_dict() | None}``
