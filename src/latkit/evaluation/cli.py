@@ -28,6 +28,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use at most this many behaviours per dataset")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing attack or metric")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results in a non-empty --output (without it, a non-empty --output is refused)")
     p.add_argument("--report-only", action="store_true", help="only re-render DIR/report.html from DIR/results.json")
     p.add_argument("--list-suites", action="store_true", help="print the built-in suites and exit")
     p.set_defaults(func=run_eval)
@@ -69,11 +71,16 @@ def run_eval(args) -> int:
             value = getattr(args, flag)
             if value is not None and value < 1:
                 raise S.SuiteError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+        from latkit.evaluation.safety import check_output_dir, staged_output, validate_before_generation
+
+        check_output_dir(args.output, overwrite=getattr(args, "overwrite", False))
         suite = _apply_overrides(S.load_suite(args.suite), args)
-        results = S.run_suite(
-            suite, args.model, args.output, data_dir=args.data_dir, base_model=args.base_model,
-            device=args.device, dtype=args.dtype, progress=not args.no_progress, fail_fast=args.fail_fast,
-        )
+        validate_before_generation(suite, S.model_specs(args.model), base_model=args.base_model)
+        with staged_output(args.output) as staging:  # the earlier results stay intact until this run finishes
+            results = S.run_suite(
+                suite, args.model, staging, data_dir=args.data_dir, base_model=args.base_model,
+                device=args.device, dtype=args.dtype, progress=not args.no_progress, fail_fast=args.fail_fast,
+            )
     except (S.SuiteError, JudgeError, AttackError) as exc:
         if getattr(args, "verbose", False):
             raise

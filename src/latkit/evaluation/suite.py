@@ -584,6 +584,12 @@ class SuiteRunner:
 
     # ----------------------------------------------------------------- main
     def run(self, *, write_report: bool = True) -> dict:
+        # --- issue #21: attack names and every model source are checked before the first generation
+        from latkit.evaluation.safety import validate_before_generation
+
+        validate_before_generation(self.suite, self.models, overrides=self.overrides, base_model=self.base_model,
+                                   custom_loader=self.loader is not None)
+        # --- end issue #21
         self.out.mkdir(parents=True, exist_ok=True)
         suite = self.suite
         datasets = {cfg.key: (cfg, self._dataset(cfg)) for cfg in suite.datasets}
