@@ -553,7 +553,20 @@ class Trainer:
     def train(self) -> Path:
         """Run to ``train.steps`` (from the last checkpoint when resuming); return the model dir."""
         if not hasattr(self, "accelerator"):
+            existed = self.out.exists()
+            had = {p.name for p in self.out.iterdir()} if self.out.is_dir() else set()
             self.setup()
+        else:
+            existed, had = True, {"recipe.yaml", "data", "metrics.jsonl"}
+        try:
+            return self._train()
+        except BaseException:
+            # a fresh run that fails before its first step (a batch that cannot be collated, …) leaves nothing
+            if not self.resume and self.step == 0:
+                self._cleanup_failed_setup(existed, had)
+            raise
+
+    def _train(self) -> Path:
         r, acc = self.recipe, self.accelerator
         bar = None
         if self.progress and self.is_main:
