@@ -9,12 +9,13 @@ def _expected() -> tuple[type[BaseException], ...]:
     from latkit.models.adapter import AdapterError
     from latkit.models.chat import ChatTemplateError
     from latkit.models.loading import ModelLoadError
+    from latkit.train.checkpoint import CheckpointError
     from latkit.train.recipe import RecipeError
     from latkit.train.trackers import TrackerError
     from latkit.train.trainer import TrainError
 
     return (RecipeError, DataError, CollateError, ChatTemplateError, ModelLoadError, AdapterError,
-            TrainError, TrackerError, PerturbationError, FileNotFoundError)
+            TrainError, TrackerError, PerturbationError, FileNotFoundError, CheckpointError)
 
 
 def __getattr__(name):

@@ -28,6 +28,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use at most this many behaviours per dataset")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing attack or metric")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results in a non-empty --output (without it, a non-empty --output is refused)")
     p.add_argument("--report-only", action="store_true", help="only re-render DIR/report.html from DIR/results.json")
     p.add_argument("--list-suites", action="store_true", help="print the built-in suites and exit")
     p.set_defaults(func=run_eval)
@@ -69,31 +71,37 @@ def run_eval(args) -> int:
             value = getattr(args, flag)
             if value is not None and value < 1:
                 raise S.SuiteError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-        suite = _apply_overrides(S.load_suite(args.suite), args)
+        from latkit.evaluation.safety import check_output_dir, staged_output, validate_before_generation
         from latkit.evaluation.sharding import init_processes
 
         rank, world, dev = init_processes()  # several under accelerate launch / torchrun: attacks are sharded
-        output, device = args.output, args.device
-        if world > 1:
-            import tempfile
+        if not rank:  # rank 0 writes the merged results; the others' identical copies go to a scratch dir
+            check_output_dir(args.output, overwrite=getattr(args, "overwrite", False))
+        suite = _apply_overrides(S.load_suite(args.suite), args)
+        validate_before_generation(suite, S.model_specs(args.model), base_model=args.base_model)
+        device = args.device
+        if world > 1 and device == "auto" and dev is not None and dev.type != "cpu":
+            device = str(dev)
 
-            if rank:  # rank 0 writes the merged results; the others' identical copies go to a scratch dir
-                output = tempfile.mkdtemp(prefix=f"latkit-eval-rank{rank}-")
-            if device == "auto" and dev is not None and dev.type != "cpu":
-                device = str(dev)
-        try:
-            results = S.run_suite(
+        def run(output):
+            return S.run_suite(
                 suite, args.model, output, data_dir=args.data_dir, base_model=args.base_model,
                 device=device, dtype=args.dtype, progress=not args.no_progress and not rank,
                 fail_fast=args.fail_fast,
             )
-        finally:
-            if rank:
-                import shutil
 
-                shutil.rmtree(output, ignore_errors=True)
         if rank:
+            import shutil
+            import tempfile
+
+            scratch = tempfile.mkdtemp(prefix=f"latkit-eval-rank{rank}-")
+            try:
+                results = run(scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
             return 1 if results["errors"] else 0
+        with staged_output(args.output) as staging:  # the earlier results stay intact until this run finishes
+            results = run(staging)
     except (S.SuiteError, JudgeError, AttackError) as exc:
         if getattr(args, "verbose", False):
             raise

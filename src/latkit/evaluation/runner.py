@@ -251,6 +251,10 @@ class SuiteRunner:
 
     # ----------------------------------------------------------------- main
     def run(self, *, write_report: bool = True) -> dict:
+        from latkit.evaluation.safety import validate_before_generation  # attack names, model sources: fail early
+
+        validate_before_generation(self.suite, self.models, overrides=self.overrides, base_model=self.base_model,
+                                   custom_loader=self.loader is not None)
         self.out.mkdir(parents=True, exist_ok=True)
         suite = self.suite
         datasets = {cfg.key: (cfg, self._dataset(cfg)) for cfg in suite.datasets}

@@ -239,6 +239,10 @@ class ClassifierJudge(Judge):
         )
 
         dtype = _torch_dtype(dtype)
+        local = Path(str(path)).expanduser()
+        if not local.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
+            raise JudgeError(f"could not load classifier judge: {str(path)!r} does not exist (give a local model "
+                             "directory, or a hub id owner/name)")
 
         try:
             config = AutoConfig.from_pretrained(path)
@@ -249,7 +253,11 @@ class ClassifierJudge(Judge):
             archs = getattr(config, "architectures", None) or []
             kind = "sequence" if any("ForSequenceClassification" in a for a in archs) else "causal"
         auto = AutoModelForSequenceClassification if kind == "sequence" else AutoModelForCausalLM
-        model = auto.from_pretrained(path, dtype=dtype)
+        try:  # safetensors only: a judge dir with just pytorch_model.bin (pickle) is refused
+            model = auto.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        except OSError as exc:
+            raise JudgeError(f"could not load classifier judge weights from {path!r} (latkit loads "
+                             f"safetensors only): {str(exc).splitlines()[0]}") from None
         if device:
             model.to(device)
         model.eval()

@@ -165,6 +165,9 @@ def _from_dir(path: Path, dtype, *, trust_remote_code=False, device_map=None, qu
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except OSError as e:
         raise ModelLoadError(f"could not load a model from {path}: {e}") from None
+    except ValueError as e:  # an unknown model type / custom code without trust_remote_code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load a model from {path}: {first}") from None
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     return model, tok
 
@@ -214,7 +217,10 @@ def load_model_and_tokenizer(
     if str(name_or_path).startswith(TINY_PREFIX):
         from latkit.testing import tiny_model
 
-        model, tok = tiny_model(str(name_or_path)[len(TINY_PREFIX):], dtype=dt or torch.float32)
+        try:
+            model, tok = tiny_model(str(name_or_path)[len(TINY_PREFIX):], dtype=dt or torch.float32)
+        except ValueError as e:  # an unknown family
+            raise ModelLoadError(str(e)) from None
         model.config._name_or_path = str(name_or_path)
     elif str(name_or_path) in BUNDLED:
         model, tok = _bundled(str(name_or_path), dt, **kw)
@@ -273,6 +279,9 @@ def _load_adapter(path: Path, dtype, chat_template=None, **kw):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(path))
+    if not (path / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled adapter_model.bin
+        raise ModelLoadError(f"{path} has no adapter_model.safetensors: latkit loads adapter weights from "
+                             "safetensors only (re-save the adapter with save_pretrained(..., safe_serialization=True))")
     model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
     return model, tok
 

@@ -96,6 +96,13 @@ def atomic_save(model, tokenizer, target: Path, **kw) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         save_model(model, tokenizer, tmp, **kw)
+        for f in tmp.iterdir():  # durable before the rename
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

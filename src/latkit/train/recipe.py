@@ -6,6 +6,9 @@ explicit) is written to ``OUTPUT/recipe.yaml``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +82,23 @@ class AdversarySection(AdversaryConfig):
 
     objective: AdversaryObjective = Field(default_factory=AdversaryObjective)
 
+    @model_validator(mode="after")
+    def _usable_epsilon(self):
+        """A training adversary needs a radius that is positive and finite at every site (ε = 0 is
+        "no adversary": say ``objective.kind: none``; ε = inf is no constraint at all)."""
+        eps = self.epsilon if isinstance(self.epsilon, dict) else {s: self.epsilon for s in self.sites}
+        for site, e in eps.items():
+            if not (math.isfinite(e) and e > 0):
+                raise ValueError(f"adversary.epsilon for {site!r} must be a finite number > 0, got {e} "
+                                 "(no adversary: set adversary.objective.kind: none)")
+        if isinstance(self.epsilon, dict):
+            missing = [s for s in self.sites if s not in self.epsilon]
+            extra = [s for s in self.epsilon if s not in self.sites]
+            if missing or extra:
+                raise ValueError(f"adversary.epsilon must give one radius per site in adversary.sites {self.sites}: "
+                                 + (f"missing {missing}" if missing else f"not a site: {extra}"))
+        return self
+
 
 class TrainSection(_Strict):
     steps: int = Field(20, ge=1)
@@ -90,7 +110,7 @@ class TrainSection(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip gradients to this norm; null: no clipping")
     seed: int = 0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(0, ge=0)
@@ -179,6 +199,27 @@ class Recipe(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def _non_finite(data, path=""):
+    """The dotted key of the first NaN / ±inf number in a nested dump, else None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path or "recipe", data
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if found:
+            return found
+    return None
+
+
+def data_fingerprint(recipe: Recipe) -> str:
+    """A hash of everything that decides the run's data (the data section, the seed that samples it, the
+    model that may generate it, the unlearn section): a data cache built under another fingerprint is stale."""
+    keyed = {"data": recipe.data.model_dump(mode="json"), "seed": recipe.train.seed,
+             "model": recipe.model.model_dump(mode="json"),
+             "unlearn": recipe.unlearn.model_dump(mode="json") if recipe.unlearn else None}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _parse_value(text: str):
     return yaml.safe_load(text) if text != "" else ""
 
@@ -208,16 +249,20 @@ def _format_error(e: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msgs.append(f"unknown key {loc!r}")
         else:
-            msgs.append(f"{loc or 'recipe'}: {err['msg']}")
+            msgs.append(f"{loc or 'recipe'}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(msgs)
 
 
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
     data = apply_overrides(dict(data or {}), overrides or [])
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(f"invalid recipe: {_format_error(e)}") from None
+    bad = _non_finite(recipe.model_dump(mode="python"))
+    if bad:  # NaN / inf anywhere (a learning rate, a loss weight, a radius) trains a broken model
+        raise RecipeError(f"invalid recipe: {bad[0]}: must be a finite number, got {bad[1]}")
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

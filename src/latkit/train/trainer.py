@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,10 +28,21 @@ from latkit.models.lora import apply_lora, is_peft, trainable_parameters
 from latkit.objectives.defender import benign_losses, harmful_losses
 from latkit.objectives.forward import to_device
 from latkit.train.compute import LayerTokenMeter
+from latkit.train.checkpoint import (
+    atomic_write_text,
+    checkpoint_dirs,
+    fsync_dir,
+    fsync_file,
+    load_checkpoint,
+    make_readable,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    verify_checkpoint,
+)
 from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
                                       fully_shard_model, is_sharded)
-from latkit.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from latkit.train.recipe import Recipe
+from latkit.train.recipe import Recipe, data_fingerprint
 from latkit.train.sampler import IndexStream
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,46 @@ log = logging.getLogger(__name__)
 
 class TrainError(RuntimeError):
     """A run cannot start or continue (bad output dir, resume mismatch, …)."""
+
+
+class NonFiniteError(TrainError):
+    """A loss, a gradient norm or a weight turned NaN / inf: the run stops before saving anything."""
+
+
+# recipe keys that may change on --resume: a longer run continues (extends) the same one
+RESUMABLE_CHANGES = ("description", "train.steps")
+
+
+def _without_resumable(recipe_yaml: str) -> dict:
+    import yaml
+
+    data = yaml.safe_load(recipe_yaml) or {}
+    for key in RESUMABLE_CHANGES:
+        node = data
+        *head, last = key.split(".")
+        for k in head:
+            node = node.get(k) or {}
+        node.pop(last, None)
+    return data
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The complete records of a ``metrics.jsonl``, stopping at the first cut-off or garbled line
+    (a kill or a full disk can leave one at the end)."""
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            break
+        out.append(rec)
+    return out
 
 
 def _scheduler(optimizer, recipe: Recipe):
@@ -74,13 +126,48 @@ class Trainer:
         if self.resume:
             if not recipe_file.exists():
                 raise TrainError(f"--resume: {self.out} holds no run (no recipe.yaml)")
-            if recipe_file.read_text() != self.recipe.to_yaml():
-                raise TrainError(f"--resume: the recipe differs from the one in {recipe_file}; "
-                                 "resume with the same recipe and overrides")
-        elif (self.out / "metrics.jsonl").exists() or (self.out / "checkpoints").exists():
+            old = recipe_file.read_text()
+            if old != self.recipe.to_yaml():
+                try:
+                    same = _without_resumable(old) == _without_resumable(self.recipe.to_yaml())
+                except Exception:  # an unreadable recipe.yaml is a different recipe
+                    same = False
+                if not same:
+                    raise TrainError(f"--resume: the recipe differs from the one in {recipe_file}; resume with "
+                                     f"the same recipe and overrides (only {', '.join(RESUMABLE_CHANGES)} may change)")
+        elif self._holds_run():
             raise TrainError(f"{self.out} already holds a run; use --resume or a new --output")
 
+    def _holds_run(self) -> bool:
+        """Metrics, a checkpoint or a model: an empty ``metrics.jsonl`` from a run that failed at step 1 is not."""
+        metrics = self.out / "metrics.jsonl"
+        return ((metrics.exists() and metrics.stat().st_size > 0) or bool(checkpoint_dirs(self.out / "checkpoints"))
+                or (self.out / "model").exists())
+
+    def _cleanup_failed_setup(self, existed: bool, had: set):
+        """A fresh run whose setup failed leaves nothing behind (no recipe.yaml, no data cache)."""
+        import shutil
+
+        if not self.is_main or self.resume:
+            return
+        for p in ("recipe.yaml", "data", "metrics.jsonl"):
+            path = self.out / p
+            if p not in had and path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not existed and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
     def setup(self):
+        existed = self.out.exists()
+        had = {p.name for p in self.out.iterdir()} if self.out.is_dir() else set()
+        try:
+            return self._setup()
+        except BaseException:
+            if hasattr(self, "accelerator"):
+                self._cleanup_failed_setup(existed, had)
+            raise
+
+    def _setup(self):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -110,7 +197,7 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._check_output_dir()
-            (self.out / "recipe.yaml").write_text(r.to_yaml())
+            atomic_write_text(self.out / "recipe.yaml", r.to_yaml())
             (self.out / "data").mkdir(exist_ok=True)
         acc.wait_for_everyone()
         set_seed(r.train.seed, device_specific=False)
@@ -256,7 +343,27 @@ class Trainer:
     def _prepare_data(self, model, tok):
         from latkit.train.data import prepare_data
 
-        return prepare_data(self.recipe, model, tok, self.out / "data", log=self._print)
+        cache = self.out / "data"
+        if self.is_main:
+            self._check_data_cache(cache)
+        out = prepare_data(self.recipe, model, tok, cache, log=self._print)
+        if self.is_main:
+            atomic_write_text(cache / "fingerprint", data_fingerprint(self.recipe) + "\n")
+        return out
+
+    def _check_data_cache(self, cache: Path):
+        """Drop cached data built from another data section (a stale cache would train on the old rows)."""
+        cached = [p for p in (cache / "harmful.jsonl", cache / "benign.jsonl") if p.exists()]
+        if not cached:
+            return
+        stamp = cache / "fingerprint"
+        want = data_fingerprint(self.recipe)
+        have = stamp.read_text().strip() if stamp.exists() else None
+        if have == want or (have is None and self.resume):  # a pre-fingerprint run resumed with its own recipe
+            return
+        self._print(f"the data cache in {cache} was built from a different data section: rebuilding it")
+        for p in cached:
+            p.unlink()
 
     def _print(self, msg: str):
         if self.accelerator.is_main_process:
@@ -277,19 +384,38 @@ class Trainer:
                    "unlearn": self.task.state_dict() if self.task else None},
             rng=rng_state(self.generator), rank=acc.process_index, is_main=acc.is_main_process,
             barrier=acc.wait_for_everyone, keep=self.recipe.train.keep_checkpoints,
-            # each checkpoint is also a loadable model (PEFT adapter / full model + tokenizer + card)
-            write_extra=lambda d: self._write_model(acc.unwrap_model(self.model), d, kind=(
-                "adapter" if hasattr(acc.unwrap_model(self.model), "peft_config") else "full")),
+            # each checkpoint is also a loadable model (PEFT adapter / full model + tokenizer + card); not under
+            # FSDP, whose shards would need a collective gather inside the main process's write
+            write_extra=None if sharded else (lambda d: self._write_model(acc.unwrap_model(self.model), d, kind=(
+                "adapter" if hasattr(acc.unwrap_model(self.model), "peft_config") else "full"))),
         )
 
     def _load_latest(self):
-        ckpt = latest_checkpoint(self.out / "checkpoints")
-        if ckpt is None:
+        rank = self.accelerator.process_index
+        dirs = checkpoint_dirs(self.out / "checkpoints")
+        if not dirs:
             self._print("--resume: no checkpoint yet, starting from step 0")
             self._truncate_metrics(0)
             return
-        state, rng = load_checkpoint(ckpt, model=self.inner, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     rank=self.accelerator.process_index, device=self.accelerator.device)
+        skipped = []
+        for ckpt in reversed(dirs):  # the newest intact checkpoint; a corrupt one is skipped with a warning
+            why = verify_checkpoint(ckpt, rank)
+            if why is None:
+                try:
+                    state, rng = load_checkpoint(ckpt, model=self.inner, optimizer=self.optimizer,
+                                                 scheduler=self.scheduler, rank=rank, device=self.accelerator.device)
+                    break
+                except Exception as e:  # verified but unloadable (e.g. another model): try an older one
+                    why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            skipped.append(f"{ckpt.name} ({why})")
+            log.warning("checkpoint %s is not intact (%s): trying an older one", ckpt, why)
+            print(f"latkit: warning: checkpoint {ckpt.name} is not intact ({why}); trying an older one",
+                  file=sys.stderr, flush=True)
+        else:
+            raise TrainError(f"--resume: no intact checkpoint in {self.out / 'checkpoints'}: " + "; ".join(skipped))
+        if int(state["step"]) > self.recipe.train.steps:
+            raise TrainError(f"--resume: {ckpt.name} is past train.steps={self.recipe.train.steps}; "
+                             "a run can be extended, not shortened")
         self.step = int(state["step"])
         if self.harmful_stream and state.get("harmful_stream"):
             self.harmful_stream.load_state_dict(state["harmful_stream"])
@@ -305,10 +431,11 @@ class Trainer:
         self._print(f"resumed from {ckpt.name}")
 
     def _truncate_metrics(self, step: int):
+        """Keep the complete records up to ``step`` (a cut-off last line is dropped, not an error)."""
         path = self.out / "metrics.jsonl"
         if self.is_main and path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            keep = [rec for rec in read_metrics(path) if rec["step"] <= step]
+            atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in keep))
 
     # ------------------------------------------------------------------- loop
     def _harmful_rows(self, stats: dict) -> list:
@@ -438,10 +565,15 @@ class Trainer:
                 gn = acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                          r.train.max_grad_norm)
                 metrics["grad_norm"] = float(gn)
+                if not math.isfinite(metrics["grad_norm"]):  # the same on every rank (after all-reduce)
+                    raise NonFiniteError(f"step {self.step + 1}: the gradient norm is {metrics['grad_norm']} "
+                                         f"(loss {sums.get('loss/total')}); stopping before the update. "
+                                         "Lower train.lr / adversary.epsilon or check the data")
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         t2 = time.perf_counter()
+        self._check_finite(sums.get("loss/total", 0.0))
         def_cost = self.meter.take("defender")
         if self.task is not None:
             self.task.end_step()
@@ -459,6 +591,21 @@ class Trainer:
                         "cost/adversary_token_passes": adv_cost["forward_token_passes"],
                         "cost/defender_token_passes": def_cost["forward_token_passes"]})
         return metrics
+
+    def _check_finite(self, loss: float) -> None:
+        """Stop the moment the loss (any rank) or a trainable weight is NaN / inf: nothing after it is saved."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        weights_ok = torch.stack([torch.isfinite(p.detach()).all() for p in params]).all() if params else None
+        flag = torch.tensor([float(not math.isfinite(loss)),
+                             float(weights_ok is not None and not bool(weights_ok))], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if flag[0] > 0:
+            raise NonFiniteError(f"step {self.step + 1}: the loss is not finite ({loss}); stopping, nothing of "
+                                 "this step is saved. Lower train.lr / adversary.epsilon or check the data")
+        if flag[1] > 0:
+            raise NonFiniteError(f"step {self.step + 1}: a trainable weight turned NaN/inf; stopping, nothing of "
+                                 "this step is saved. Lower train.lr or set train.max_grad_norm")
 
     def _adv_loss_after(self, hb, pert, logits, rows) -> float:
         """The adversary's loss at its final δ, read from the defender's first forward when it covered
@@ -479,7 +626,20 @@ class Trainer:
     def train(self) -> Path:
         """Run to ``train.steps`` (from the last checkpoint when resuming); return the model dir."""
         if not hasattr(self, "accelerator"):
+            existed = self.out.exists()
+            had = {p.name for p in self.out.iterdir()} if self.out.is_dir() else set()
             self.setup()
+        else:
+            existed, had = True, {"recipe.yaml", "data", "metrics.jsonl"}
+        try:
+            return self._train()
+        except BaseException:
+            # a fresh run that fails before its first step (a batch that cannot be collated, …) leaves nothing
+            if not self.resume and self.step == 0:
+                self._cleanup_failed_setup(existed, had)
+            raise
+
+    def _train(self) -> Path:
         r, acc = self.recipe, self.accelerator
         bar = None
         if self.progress and self.is_main:
@@ -509,8 +669,9 @@ class Trainer:
                     if norms:
                         post["|δ|"] = f"{max(norms):.2f}"
                     bar.set_postfix(post)
-                if r.train.checkpoint_every and self.step % r.train.checkpoint_every == 0:
-                    self._save()
+                if r.train.checkpoint_every and (self.step % r.train.checkpoint_every == 0
+                                                 or self.step == r.train.steps):
+                    self._save()  # the last step too: a finished run can be extended (--resume, more steps)
                 if self.stop_after is not None and self.step >= self.stop_after and self.step < r.train.steps:
                     raise KeyboardInterrupt(f"stopped after step {self.step} (stop_after)")
         finally:
@@ -537,9 +698,11 @@ class Trainer:
             model = acc.unwrap_model(self.model)
             self._write_model(model, tmp, kind="adapter" if hasattr(model, "peft_config") else "full",
                               state_dict=state_dict)
+            _durable(tmp)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
+            fsync_dir(self.out)
             if self.recipe.output.merge and hasattr(model, "merge_and_unload"):
                 merged = self.out / "model-merged"
                 import copy
@@ -554,6 +717,15 @@ class Trainer:
             acc.end_training()
         acc.wait_for_everyone()
         return target
+
+
+def _durable(directory: Path) -> None:
+    """fsync every file of a freshly written directory and give it readable permissions (mkdtemp: 0700)."""
+    for p in directory.rglob("*"):
+        if p.is_file():
+            fsync_file(p)
+    fsync_dir(directory)
+    make_readable(directory)
 
 
 def train(recipe: Recipe, output_dir, *, resume: bool = False, **kw) -> Path:
