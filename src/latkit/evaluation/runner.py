@@ -258,6 +258,8 @@ class SuiteRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         suite = self.suite
         datasets = {cfg.key: (cfg, self._dataset(cfg)) for cfg in suite.datasets}
+        self._evaluated = datasets  # pairs pools exclude every evaluated behaviour
+        self._pools, self.pools = {}, {}  # harmful-pair pools (and what results.json says about them)
         runs = expand_attacks(suite, self.overrides)
         judges = self._build_judges()
         names = [j.name for j in judges]
@@ -274,6 +276,7 @@ class SuiteRunner:
             "datasets": [{"label": k, "name": c.name, "split": c.split if c.name == "harmbench" else None,
                           "n": len(items)} for k, (c, items) in datasets.items()],
             "models": [], "results": [], "utility": {}, "agreement": {}, "errors": self.errors,
+            "pairs_pools": self.pools,
         }
         from latkit.provenance import for_evaluation  # versions, device, commit, seeds
 
@@ -347,20 +350,48 @@ class SuiteRunner:
             except Exception:  # pragma: no cover - best effort
                 pass
 
-    def _pairs_for(self, run: _Run) -> dict:
-        if run.entry.pairs_from is None:
+    def _pairs_for(self, run: _Run, tok=None) -> dict:
+        cfg = run.entry.pairs_from
+        if cfg is None:
             return {}
-        items = self._dataset(run.entry.pairs_from)
+        if cfg.completions is not None:  # real harmful completions, disjoint from the evaluated behaviours
+            return {run.entry.pairs_param: [list(p) for p in self._harmful_pool(cfg, tok)["pairs"]]}
+        items = self._dataset(cfg)
         pairs = [[b.prompt, b.target] for b in items if b.target]
         if not pairs:
             raise SuiteError(f"pairs_from of attack {run.key!r} gave no (prompt, target) pairs: its dataset has no targets")
         return {run.entry.pairs_param: pairs}
 
+    def _harmful_pool(self, cfg, tok) -> dict:
+        from latkit.evaluation.pairs import harmful_pairs, is_pairs_file
+
+        memo = self._pools
+        key = cfg.model_dump_json()
+        if key not in memo or is_pairs_file(cfg.completions):
+            evaluated = [t for _, items in getattr(self, "_evaluated", {}).values() for b in items
+                         for t in (b.prompt, b.behaviour)]
+            source = cfg.completions
+            if is_pairs_file(source):
+                source = str(_resolve_path(source, self.data_dir))
+            prompts = [] if is_pairs_file(source) else [b.prompt for b in self._dataset(cfg)]
+            memo[key] = harmful_pairs(
+                prompts, source, evaluated=evaluated, load_model=lambda s: self._to_device_pair(self._load(s)),
+                cache_dir=self.out / "pairs", tokenizer_for_truncation=tok, max_tokens=cfg.max_tokens,
+                min_words=cfg.min_words, batch_size=self.suite.generation.batch_size)
+            self.pools[f"{cfg.name}:{cfg.completions}"] = {k: v for k, v in memo[key].items() if k != "pairs"}
+        return memo[key]
+
+    def _to_device_pair(self, loaded):
+        model, tok = loaded
+        model = self._to_device(model)
+        model.eval()
+        return model, tok
+
     def _attack(self, model, tok, spec, run: _Run, ds_key, items, judges, primary, gen_file):
         behaviours = items[: run.entry.limit] if run.entry.limit else items
         if not behaviours:
             return []
-        params = {**run.params, **self._pairs_for(run)}
+        params = {**run.params, **self._pairs_for(run, tok), **_run_dir_param(run, spec, self.overrides)}
         attack = resolve_attack(run.entry.name, params, self.overrides)
         inputs = []
         for b in behaviours:
@@ -484,8 +515,18 @@ class SuiteRunner:
             shots = []
             if m.k and m.few_shot_path:
                 shots = load_mmlu(_resolve_path(m.few_shot_path, self.data_dir), subjects=m.subjects)
-            return multiple_choice_accuracy(model, tok, items, few_shot=shots, k=m.k if shots else 0,
-                                            batch_size=m.batch_size, chat=m.chat)
+            k = m.k if shots else 0
+            letter = cloze = None
+            if m.scoring in ("letter", "both"):
+                letter = multiple_choice_accuracy(model, tok, items, few_shot=shots, k=k, batch_size=m.batch_size,
+                                                  chat=m.chat)
+            if m.scoring in ("cloze", "both"):
+                from latkit.evaluation.utility import cloze_accuracy
+
+                cloze = cloze_accuracy(model, tok, items, few_shot=shots, k=k, batch_size=m.batch_size)
+            if letter is not None and cloze is not None:
+                cloze["letter"] = {k_: v for k_, v in letter.items() if k_ != "per_subject"}
+            return cloze if cloze is not None else letter
         except Exception as exc:
             self._error({"model": spec.label, "utility": "mmlu"}, exc)
             return None
@@ -524,6 +565,32 @@ class SuiteRunner:
         tmp = self.out / (RESULTS_FILE + ".tmp")
         tmp.write_text(json.dumps(_jsonable(results), indent=2, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, self.out / RESULTS_FILE)
+
+
+def run_dir_of(source: str | None) -> Path | None:
+    """The training run directory (holding ``recipe.yaml``) a model source is, or is the ``model/`` of."""
+    if not source:
+        return None
+    p = Path(source).expanduser()
+    for cand in (p, p.parent if p.name.startswith("model") else None):
+        if cand is not None and (cand / "recipe.yaml").is_file():
+            return cand
+    return None
+
+
+def _run_dir_param(run: _Run, spec: ModelSpec, overrides) -> dict:
+    """``{"run_dir": ...}`` for attacks with a ``run_dir`` setting (the latent attack reads the run's
+    training sites from it) when the model is a training run and the suite did not set one."""
+    if "run_dir" in run.params or (overrides and run.entry.name in overrides):
+        return {}
+    from latkit.attacks import ATTACKS
+
+    cls = ATTACKS.get(run.entry.name)
+    if cls is None or not dataclasses.is_dataclass(cls.config_class) or \
+            "run_dir" not in {f.name for f in dataclasses.fields(cls.config_class)}:
+        return {}
+    rd = run_dir_of(spec.source)
+    return {"run_dir": str(rd)} if rd is not None else {}
 
 
 def _judge_info(j) -> dict:

@@ -61,13 +61,33 @@ class DatasetConfig(_Strict):
         return self.name if self.name in ("strongreject", "advbench") else Path(self.name).stem
 
 
+class PairsConfig(DatasetConfig):
+    """Where many-shot shots / fine-tuning pairs come from: the prompts of a dataset (``name``, as in
+    :class:`DatasetConfig`) and their harmful ``completions``:
+
+    - ``None``: the dataset's own targets ("Sure, here is ..." one-liners);
+    - a model (bundled name, path, run dir) that answers the prompts once; the pool is cached in the
+      output dir (see :mod:`latkit.evaluation.pairs`);
+    - a ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` file with ``prompt`` and ``completion`` columns
+      (then ``name`` is unused).
+
+    Pairs whose prompt matches an evaluated behaviour are always dropped. ``max_tokens``: token budget
+    of a completion (cut at a sentence end); ``min_words``: shorter generated answers (and refusals) are dropped.
+    """
+
+    name: str = "advbench"
+    completions: str | None = None
+    max_tokens: PositiveInt = 96
+    min_words: NonNegativeInt = 12
+
+
 class AttackEntry(_Strict):
     """One attack from the registry (``latkit.attacks``) with its settings.
 
     ``sweep``: one setting and its values (one run per value). ``limit``: first N
     behaviours of each dataset. ``datasets``: only these dataset labels.
-    ``pairs_from``: a dataset whose (prompt, target) pairs fill the setting
-    ``pairs_param`` (many-shot ``shots``, fine-tuning ``pairs``).
+    ``pairs_from``: harmful (prompt, completion) pairs (:class:`PairsConfig`) that fill the
+    setting ``pairs_param`` (many-shot ``shots``, fine-tuning ``pairs``).
     """
 
     name: str
@@ -76,7 +96,7 @@ class AttackEntry(_Strict):
     sweep: dict[str, list[Any]] | None = None
     limit: PositiveInt | None = None
     datasets: list[str] | None = None
-    pairs_from: DatasetConfig | None = None
+    pairs_from: PairsConfig | None = None
     pairs_param: str = "shots"
 
     @model_validator(mode="after")
@@ -107,9 +127,16 @@ class BenignConfig(_Strict):
 
 
 class MMLUConfig(_Strict):
-    """Log-likelihood accuracy on MMLU-format CSVs; relative paths may be under the data dir."""
+    """Log-likelihood accuracy on MMLU-format CSVs; relative paths may be under the data dir.
+
+    ``scoring``: ``letter`` (log-likelihood of " A".." D" after the lettered choices), ``cloze``
+    (length-normalised log-likelihood of each answer's text, as lm-eval's ``acc_norm``) or ``both``
+    (cloze is the headline, the letter result is kept under ``letter``). Every result carries the
+    predicted-letter histogram and the chance level.
+    """
 
     path: str
+    scoring: Literal["letter", "cloze", "both"] = "letter"
     few_shot_path: str | None = None
     k: NonNegativeInt = 0
     subjects: list[str] | None = None

@@ -5,7 +5,9 @@
   trained on) including XSTest-style borderline-but-safe requests, with a borderline /
   ordinary breakdown.
 * :func:`multiple_choice_accuracy`: MMLU-style accuracy by log-likelihood of the
-  answer letter (``" A"`` ... ``" D"`` after ``"Answer:"``), batched, k-shot optional.
+  answer letter (``" A"`` ... ``" D"`` after ``"Answer:"``), batched, k-shot optional;
+  :func:`cloze_accuracy`: by length-normalised log-likelihood of each answer's text
+  (varies at 135M where the letter score is constant); both report the predicted-letter histogram.
 * :func:`perplexity` and :func:`kl_to_base`: on benign text; the base is a second
   model or, for a PEFT model, the same model with its adapters disabled.
 * :func:`lm_eval_tasks`: the optional EleutherAI ``lm-eval`` harness, imported lazily.
@@ -248,13 +250,62 @@ def multiple_choice_accuracy(
         contexts.append(render_prompt(tokenizer, text) if chat else text)
     conts = [list(LETTERS) if chat else [" " + L for L in LETTERS]] * len(items)
     scores = score_continuations(model, tokenizer, contexts, conts, batch_size=batch_size, max_length=max_length)
-    return choice_accuracy(scores, items, few_shot=k, chat=chat)
+    return choice_accuracy(scores, items, few_shot=k, chat=chat, scoring="letter")
+
+
+def cloze_prompt(item, shots: Sequence = ()) -> str:
+    """The cloze MMLU prompt (as lm-eval's ``mmlu_continuation``): subject header, ``k`` solved
+    ``Question: .. / Answer: <answer text>`` examples, then ``Question: .. / Answer:`` (no choices listed)."""
+    subject = item.subject.replace("_", " ").strip()
+    head = f"The following are questions (with answers){' about ' + subject if subject else ''}.\n\n"
+    solved = "".join(f"Question: {s.question.strip()}\nAnswer: {s.choices[s.answer].strip()}\n\n" for s in shots)
+    return head + solved + f"Question: {item.question.strip()}\nAnswer:"
+
+
+def cloze_accuracy(
+    model,
+    tokenizer,
+    items: Sequence,
+    *,
+    few_shot: Sequence = (),
+    k: int = 0,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> dict:
+    """Accuracy by length-normalised log-likelihood of each choice's full *text* after the question
+    (lm-eval's ``acc_norm``: summed log-prob / UTF-8 bytes of the continuation), ``k``-shot optional.
+    The result holds both ``accuracy`` (normalised, the headline) and ``accuracy_unnormalised``."""
+    if not items:
+        raise ValueError("no multiple-choice items to evaluate")
+    if k and len(few_shot) < k:
+        raise ValueError(f"k={k} few-shot examples requested but only {len(few_shot)} given")
+    by_subject = defaultdict(list)
+    for s in few_shot:
+        by_subject[s.subject].append(s)
+    contexts = []
+    for it in items:
+        shots = (by_subject.get(it.subject, []) + [s for s in few_shot if s.subject != it.subject])[:k]
+        contexts.append(cloze_prompt(it, shots))
+    conts = [[" " + str(c).strip() for c in it.choices] for it in items]
+    raw = score_continuations(model, tokenizer, contexts, conts, batch_size=batch_size, max_length=max_length)
+    norm = [[v / max(1, len(c.encode("utf-8"))) for v, c in zip(row, cs)] for row, cs in zip(raw, conts)]
+    out = choice_accuracy(norm, items, scoring="cloze", few_shot=k)
+    out["accuracy_unnormalised"] = choice_accuracy(raw, items)["accuracy"]
+    return out
 
 
 def choice_accuracy(scores: Sequence[Sequence[float]], items: Sequence, **extra) -> dict:
-    """Accuracy of picking the highest-scoring choice: ``accuracy``, ``ci95``, ``k``, ``n``, ``extra``
-    and ``per_subject``; ``scores[i][j]`` is the score of choice ``j`` of ``items[i]``."""
-    correct = [max(range(len(row)), key=lambda j: row[j]) == it.answer for row, it in zip(scores, items)]
+    """Accuracy of picking the highest-scoring choice: ``accuracy``, ``ci95``, ``k``, ``n``, ``extra``,
+    ``per_subject``, ``chance`` (1 / number of choices) and ``predicted`` / ``answers``: how often each
+    letter was picked / is the key (a model that always picks one letter shows up here);
+    ``scores[i][j]`` is the score of choice ``j`` of ``items[i]``."""
+    picked = [max(range(len(row)), key=lambda j: row[j]) for row in scores]
+    correct = [p == it.answer for p, it in zip(picked, items)]
+    n_choices = max((len(row) for row in scores), default=4)
+    letters = [LETTERS[j] if j < len(LETTERS) else str(j) for j in range(n_choices)]
+    hist = {L: sum(1 for p in picked if p == j) for j, L in enumerate(letters)}
+    keys = {L: sum(1 for it in items if it.answer == j) for j, L in enumerate(letters)}
+    extra = {"chance": 1.0 / n_choices, "predicted": hist, "answers": keys, **extra}
     subj = defaultdict(list)
     for ok, it in zip(correct, items):
         subj[it.subject].append(ok)
