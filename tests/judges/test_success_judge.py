@@ -206,3 +206,11 @@ def test_shipped_labels_are_well_formed_and_split_by_request():
         by_request.setdefault(r["behaviour"], set()).add(r["split"])
     assert all(len(s) == 1 for s in by_request.values())
     assert len({(r["behaviour"], r["answer"]) for r in rows}) == len(rows)
+
+
+def test_eval_summary_prints_judge_agreement():
+    from latkit.evaluation.cli import summarize
+
+    res = {"results": [], "utility": {}, "agreement": {"m": [
+        {"judges": ["success", "refusal"], "n": 20, "agreement": 0.55, "kappa": 0.12}]}}
+    assert "m: judges success vs refusal: agreement 55.0%, κ 0.12 (n=20)" in summarize(res)

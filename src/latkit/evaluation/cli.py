@@ -144,6 +144,12 @@ def summarize(results: dict) -> str:
         lo, hi = r["ci95"]
         lines.append(f"{r['model'][:24]:<24} {r['attack'][:28]:<28} {r['dataset'][:20]:<20} {asr:>7}  "
                      f"[{100 * lo:5.1f}, {100 * hi:5.1f}]  {r['n']}")
+    for model, rows in (results.get("agreement") or {}).items():
+        for row in rows or []:
+            a, b = row["judges"]
+            kappa = "–" if row.get("kappa") is None else f"{row['kappa']:.2f}"
+            agree = "–" if row.get("agreement") is None else f"{100 * row['agreement']:.1f}%"
+            lines.append(f"{model}: judges {a} vs {b}: agreement {agree}, κ {kappa} (n={row['n']})")
     for model, u in (results.get("utility") or {}).items():
         bc = (u or {}).get("benign_compliance")
         if bc and bc.get("rate") is not None:
