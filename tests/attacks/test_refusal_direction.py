@@ -304,3 +304,9 @@ def test_attack_reports_selection_splits_and_coherence(model_tok):
     fx = fixed.run(model, tok, EVALUATED[:1])[0].extras
     assert (fx["layer"], fx["position"], fx["selection"]) == (2, -1, "fixed")
     assert not _all_hooks(model)
+
+
+def test_two_layer_model_falls_back_to_the_pruned_layer_and_says_so():
+    model, tok = tiny_model("qwen2", num_layers=2)  # unpruned: block 0 only, whose candidates are all zero
+    out = get_attack("refusal_direction", **{**SMALL, "max_new_tokens": 1}).run(model, tok, EVALUATED[:1])[0]
+    assert out.extras["selection"] == "fallback_min_kl" and out.extras["layer"] == 1 and out.extras["n_passed"] == 0

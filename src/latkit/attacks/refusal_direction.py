@@ -19,7 +19,8 @@
    distribution on harmless-val. A candidate passes if induce > ``induce_refusal_threshold``,
    KL < ``kl_threshold`` and ``l < (1 - prune_layer_percentage) * n_layers``; the passing one
    with the lowest bypass score wins. If none passes, the candidate with the lowest KL among
-   the unpruned layers is used and ``extras["selection"] == "fallback_min_kl"`` records it.
+   the unpruned layers (if all of those are zero, among all layers) is used and
+   ``extras["selection"] == "fallback_min_kl"`` records it.
    Refusal score = log-odds of refusal-opening tokens at the first answer position.
 4. **Directional ablation**: ``x <- x - (x.r) r`` (unit ``r``) at every block's input (a forward
    pre-hook) and at the output of every block submodule that writes into the residual stream
@@ -465,6 +466,14 @@ def select_direction(model, tokenizer, candidates: torch.Tensor, harmful_val: Se
             chosen, how = min(passing, key=lambda s: s.bypass), "filtered"
         else:
             finite = [s for s in scores if not math.isnan(s.kl)]
+            if not finite:  # e.g. a 2-layer model: only block 0 (the embedding) is unpruned; try the pruned ones
+                for s in scores:
+                    if s.failed == ["layer"]:
+                        t = score_candidate(model, tokenizer, candidates[s.position, s.layer], s.layer, s.position,
+                                            harmful_val, harmless_val, clean_harmless_logits=clean_harmless,
+                                            token_ids=token_ids, writers=writers, **kw)
+                        s.bypass, s.induce, s.kl = t.bypass, t.induce, t.kl
+                finite = [s for s in scores if not math.isnan(s.kl)]
             if not finite:
                 raise AttackError("every candidate refusal direction is zero")
             chosen, how = min(finite, key=lambda s: s.kl), "fallback_min_kl"
