@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from latkit.evaluation.records import SPLIT_KEYS, _cost_dict, _get, _judge_block, _jsonable, _normalise_output
+from latkit.evaluation.records import SPLIT_KEYS, _judge_block, _jsonable, _normalise_output
 from latkit.evaluation.schema import (
     AttackEntry,
     DatasetConfig,

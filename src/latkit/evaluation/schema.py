@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
-from latkit.judges import JUDGE_KINDS, JudgeConfig, SuccessJudgeConfig
+from latkit.judges import JudgeConfig, SuccessJudgeConfig
 
 SUITES_DIR = Path(__file__).with_name("suites")
 
