@@ -12,11 +12,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.step_throughput.core import (
-
-from latkit.cliutil import add_output_argument
     Probe, Spec, Workload, add_lora, build_model, environment, flop_counter, make_batches, matmul_peak_flops,
     run_step, site_preset, to_device, unit_forward_flops,
 )
+from latkit.cliutil import add_output_argument
 
 
 def parser() -> argparse.ArgumentParser:

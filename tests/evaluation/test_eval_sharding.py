@@ -102,9 +102,11 @@ def _free_port():
 
 
 def _timeless(x):
-    """results.json without what differs between any two runs: timestamps and wall-clock times."""
+    """results.json without what differs between any two runs: timestamps, wall-clock times and the provenance
+    record (its command line and process count differ by design)."""
     if isinstance(x, dict):
-        return {k: _timeless(v) for k, v in x.items() if k not in ("created", "seconds") and "wall_time" not in k}
+        return {k: _timeless(v) for k, v in x.items()
+                if k not in ("created", "seconds", "provenance") and "wall_time" not in k}
     if isinstance(x, list):
         return [_timeless(v) for v in x]
     return x

@@ -86,7 +86,7 @@ def test_builtin_suites_validate():
     names = [a.name for a in quick.attacks]
     for want in ("direct", "prefill", "many_shot", "templates", "latent", "gcg_small"):
         assert want in names
-    assert quick.utility.benign is not None and quick.primary == "refusal"
+    assert quick.utility.benign is not None and quick.primary == "success"
     assert all(d.split == "val" for d in load_suite("full").datasets if d.name == "harmbench")
 
 

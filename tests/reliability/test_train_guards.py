@@ -191,7 +191,7 @@ def test_cut_off_metrics_line_is_repaired_on_resume(reference, killed, tmp_path)
     with (out / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "loss/tot')  # a full disk or a kill mid-write
     resumed = trained(out, resume=True, **{**NOISY, "train.steps": 3})
-    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines = (out / "metrics.jsonl").read_text().splitlines()[1:]  # row 0: the provenance header
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
@@ -216,7 +216,9 @@ def test_run_outputs_are_readable_and_checkpoints_carry_a_manifest(killed):
         assert (d.stat().st_mode & 0o777) == 0o777 & ~umask
         assert all((f.stat().st_mode & 0o777) == 0o666 & ~umask for f in d.iterdir())
         manifest = json.loads((d / "manifest.json").read_text())["files"]
-        assert set(manifest) == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json", "rng-0.pt"}
+        assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json", "rng-0.pt",
+                "adapter_model.safetensors", "adapter_config.json"} <= set(manifest)  # + the loadable model
+        assert set(manifest) == {f.name for f in d.iterdir()} - {"manifest.json"}
         assert verify_checkpoint(d) is None
 
 

@@ -150,7 +150,7 @@ class Trainer:
 
         if not self.is_main or self.resume:
             return
-        for p in ("recipe.yaml", "data", "metrics.jsonl"):
+        for p in ("recipe.yaml", "data", "metrics.jsonl", "base-model"):
             path = self.out / p
             if p not in had and path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -373,6 +373,7 @@ class Trainer:
     def _save(self):
         acc = self.accelerator
         sharded = self._sharded  # gather on every rank: the checkpoint holds full tensors
+        full_sd = self._gathered_state_dict()  # collective under FSDP, so outside the main process's write
         save_checkpoint(
             self.out / "checkpoints", self.step,
             trainable={k: full(v) for k, v in trainable_parameters(self.inner).items()},
@@ -384,10 +385,9 @@ class Trainer:
                    "unlearn": self.task.state_dict() if self.task else None},
             rng=rng_state(self.generator), rank=acc.process_index, is_main=acc.is_main_process,
             barrier=acc.wait_for_everyone, keep=self.recipe.train.keep_checkpoints,
-            # each checkpoint is also a loadable model (PEFT adapter / full model + tokenizer + card); not under
-            # FSDP, whose shards would need a collective gather inside the main process's write
-            write_extra=None if sharded else (lambda d: self._write_model(acc.unwrap_model(self.model), d, kind=(
-                "adapter" if hasattr(acc.unwrap_model(self.model), "peft_config") else "full"))),
+            # each checkpoint is also a loadable model (PEFT adapter / full model + tokenizer + card)
+            write_extra=lambda d: self._write_model(acc.unwrap_model(self.model), d, kind=(
+                "adapter" if hasattr(acc.unwrap_model(self.model), "peft_config") else "full"), state_dict=full_sd),
         )
 
     def _load_latest(self):
@@ -681,15 +681,19 @@ class Trainer:
                 bar.close()
         return self.save_final()
 
+    def _gathered_state_dict(self) -> dict | None:
+        """Under FSDP, the full tensors ``save_pretrained`` writes (every rank must call this); else None."""
+        if not self._sharded:
+            return None
+        sharded = self.accelerator.unwrap_model(self.model)
+        names = set(trainable_parameters(sharded)) if hasattr(sharded, "peft_config") else None
+        return {k: full(v) for k, v in sharded.state_dict().items() if names is None or k in names}
+
     def save_final(self) -> Path:
         acc = self.accelerator
         acc.wait_for_everyone()
         target = self.out / "model"
-        state_dict = None
-        if self._sharded:  # gather the weights save_pretrained writes (every rank takes part)
-            sharded = acc.unwrap_model(self.model)
-            names = set(trainable_parameters(sharded)) if hasattr(sharded, "peft_config") else None
-            state_dict = {k: full(v) for k, v in sharded.state_dict().items() if names is None or k in names}
+        state_dict = self._gathered_state_dict()
         if acc.is_main_process:
             import shutil
             import tempfile
