@@ -18,6 +18,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from latkit.judges.agreement import cohen_kappa
+from latkit.judges.base import JudgeError
 
 TEST_FRACTION = 0.5
 
@@ -40,9 +41,10 @@ def request_of(row: Mapping) -> str:
     raise ValueError(f"row {row.get('id', '?')!r} has no `behaviour` or `prompt`")
 
 
-def load_labelled(path: str | Path | None = None, split: str | None = None) -> list[dict]:
-    """Labelled rows (``label`` in {0, 1}), optionally only the ``dev`` or ``test`` part."""
-    path = Path(path) if path is not None else shipped_labels_path()
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise JudgeError(f"no such file: {path}")
     rows = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -51,12 +53,25 @@ def load_labelled(path: str | Path | None = None, split: str | None = None) -> l
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if row.get("label") not in (0, 1):
-                raise ValueError(f"{path}:{n}: `label` must be 0 or 1, got {row.get('label')!r}")
-            row.setdefault("split", split_of(request_of(row)))
-            if split is None or row["split"] == split:
-                rows.append(row)
+                raise JudgeError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("answer"), str):
+                raise JudgeError(f"{path}:{n}: a row needs a string `answer`")
+            if not any(isinstance(row.get(k), str) and row[k].strip() for k in ("behaviour", "prompt")):
+                raise JudgeError(f"{path}:{n}: a row needs a `behaviour` or `prompt`")
+            rows.append(row)
+    return rows
+
+
+def load_labelled(path: str | Path | None = None, split: str | None = None) -> list[dict]:
+    """Labelled rows (``label`` in {0, 1}), optionally only the ``dev`` or ``test`` part."""
+    path = Path(path) if path is not None else shipped_labels_path()
+    rows = []
+    for n, row in enumerate(read_rows(path), 1):
+        if row.get("label") not in (0, 1):
+            raise ValueError(f"{path}: row {n}: `label` must be 0 or 1, got {row.get('label')!r}")
+        row.setdefault("split", split_of(request_of(row)))
+        if split is None or row["split"] == split:
+            rows.append(row)
     return rows
 
 

@@ -9,12 +9,12 @@ bootstrap interval, precision, recall); when several judges run, their pairwise 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from latkit.judges.agreement import pairwise_agreement
 from latkit.judges.base import JudgeError
+from latkit.judges.calibration import read_rows
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -33,27 +33,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["attack", "benign"], help="only rows of this kind")
     p.set_defaults(func=run_judge)
     return p
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise JudgeError(f"no such file: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise JudgeError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("answer"), str):
-                raise JudgeError(f"{path}:{n}: a row needs a string `answer`")
-            if not any(isinstance(row.get(k), str) and row[k].strip() for k in ("behaviour", "prompt")):
-                raise JudgeError(f"{path}:{n}: a row needs a `behaviour` or `prompt`")
-            rows.append(row)
-    return rows
 
 
 def _judge_spec(text: str) -> dict:

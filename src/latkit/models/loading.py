@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -114,17 +112,9 @@ def _load_gguf(path: Path, dtype: torch.dtype):
 
 
 def _atomic_save(model, tokenizer, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    from latkit.models.saving import atomic_save  # saving imports this module
+
+    atomic_save(model, tokenizer, target)
 
 
 def bundled_installed(name: str) -> bool:
