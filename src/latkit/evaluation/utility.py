@@ -236,6 +236,15 @@ def multiple_choice_accuracy(
     """
     from latkit.models.chat import render_prompt
 
+    contexts = [render_prompt(tokenizer, mmlu_prompt(it, shots)) if chat else mmlu_prompt(it, shots)
+                for it, shots in _with_shots(items, few_shot, k)]
+    conts = [list(LETTERS) if chat else [" " + L for L in LETTERS]] * len(items)
+    scores = score_continuations(model, tokenizer, contexts, conts, batch_size=batch_size, max_length=max_length)
+    return choice_accuracy(scores, items, few_shot=k, chat=chat, scoring="letter")
+
+
+def _with_shots(items: Sequence, few_shot: Sequence, k: int) -> list[tuple]:
+    """``(item, its k solved examples)`` pairs, same-subject examples first; checks the inputs."""
     if not items:
         raise ValueError("no multiple-choice items to evaluate")
     if k and len(few_shot) < k:
@@ -243,14 +252,8 @@ def multiple_choice_accuracy(
     by_subject = defaultdict(list)
     for s in few_shot:
         by_subject[s.subject].append(s)
-    contexts = []
-    for it in items:
-        shots = (by_subject.get(it.subject, []) + [s for s in few_shot if s.subject != it.subject])[:k]
-        text = mmlu_prompt(it, shots)
-        contexts.append(render_prompt(tokenizer, text) if chat else text)
-    conts = [list(LETTERS) if chat else [" " + L for L in LETTERS]] * len(items)
-    scores = score_continuations(model, tokenizer, contexts, conts, batch_size=batch_size, max_length=max_length)
-    return choice_accuracy(scores, items, few_shot=k, chat=chat, scoring="letter")
+    return [(it, (by_subject.get(it.subject, []) + [s for s in few_shot if s.subject != it.subject])[:k])
+            for it in items]
 
 
 def cloze_prompt(item, shots: Sequence = ()) -> str:
@@ -275,17 +278,7 @@ def cloze_accuracy(
     """Accuracy by length-normalised log-likelihood of each choice's full *text* after the question
     (lm-eval's ``acc_norm``: summed log-prob / UTF-8 bytes of the continuation), ``k``-shot optional.
     The result holds both ``accuracy`` (normalised, the headline) and ``accuracy_unnormalised``."""
-    if not items:
-        raise ValueError("no multiple-choice items to evaluate")
-    if k and len(few_shot) < k:
-        raise ValueError(f"k={k} few-shot examples requested but only {len(few_shot)} given")
-    by_subject = defaultdict(list)
-    for s in few_shot:
-        by_subject[s.subject].append(s)
-    contexts = []
-    for it in items:
-        shots = (by_subject.get(it.subject, []) + [s for s in few_shot if s.subject != it.subject])[:k]
-        contexts.append(cloze_prompt(it, shots))
+    contexts = [cloze_prompt(it, shots) for it, shots in _with_shots(items, few_shot, k)]
     conts = [[" " + str(c).strip() for c in it.choices] for it in items]
     raw = score_continuations(model, tokenizer, contexts, conts, batch_size=batch_size, max_length=max_length)
     norm = [[v / max(1, len(c.encode("utf-8"))) for v, c in zip(row, cs)] for row, cs in zip(raw, conts)]
