@@ -5,13 +5,14 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from latkit.evaluation.schema import SuiteError
 from latkit.evaluation.stats import proportion
 
 #: Output ``extras`` keys that split one attack run into separate result rows (e.g. latent ε).
 SPLIT_KEYS = ("epsilon",)
 
 
-class RecordError(ValueError):
+class RecordError(SuiteError):
     """An attack returned an output that cannot be mapped back to what was attacked."""
 
 
