@@ -11,6 +11,7 @@ from latkit.adversary.constraints import active_fraction, normalize_step, projec
 from latkit.adversary.hooks import perturb, record
 from latkit.adversary.prefix import cached_prefix
 from latkit.models.adapter import ModelAdapter
+from latkit.models.lora import merged_lora
 from latkit.objectives.forward import forward_logits, forward_logits_packed, pack_shared_prompt
 
 
@@ -201,8 +202,8 @@ class LatentAdversary:
         opt = torch.optim.Adam(params, lr=cfg.step_size) if cfg.optimizer == "adam" else None
         history, first_parts, last_parts = [], {}, {}
         no_autocast = _autocast_off(batch["input_ids"].device.type)
-        with frozen_parameters(self.model), autocast_weights(self.model, no_autocast.device_type), \
-                self._prefix(batch, fwd):
+        with frozen_parameters(self.model), self._merged_lora(no_autocast.device_type), \
+                autocast_weights(self.model, no_autocast.device_type), self._prefix(batch, fwd):
             for step in range(cfg.steps):
                 with perturb(self.adapter, deltas, rm, clamp):
                     logits, off = fwd()
@@ -249,6 +250,14 @@ class LatentAdversary:
             stats.update({f"{k}_after": float(v) for k, v in parts.items()})
         p.stats = stats
         return p
+
+    def _merged_lora(self, device_type: str):
+        """LoRA layers merged for the attack as ``config.merge_lora`` says (in the autocast dtype when on)."""
+        setting = self.config.merge_lora
+        if setting is False:
+            return nullcontext()
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        return merged_lora(self.model, dtype, only_when_casting=setting == "auto")
 
     def _prefix(self, batch, fwd):
         """Prefix cache for the forward ``fwd`` when ``config.prefix_cache`` is on (else a no-op context)."""
