@@ -33,6 +33,14 @@ def frozen_parameters(model):
             p.requires_grad_(True)
 
 
+def _fsdp_managed(model) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
 @contextmanager
 def autocast_weights(model, device_type: str):
     """Under autocast, hold the frozen ``nn.Linear`` weights in the autocast dtype while active.
@@ -42,10 +50,12 @@ def autocast_weights(model, device_type: str):
     PGD step re-casts the whole model: for a small model on CPU that costs more than the step's
     matmuls. Here the casts are done once per attack; the forward computes exactly what autocast
     computes (the same round-to-nearest cast of the same fp32 values). The fp32 master weights are
-    put back on exit; nothing is written to them. A no-op without autocast, and for weights that
-    require grad or are not fp32 (e.g. bf16 weights on GPU).
+    put back on exit; nothing is written to them. A no-op without autocast, for weights that
+    require grad or are not fp32 (e.g. bf16 weights on GPU), and for an FSDP2 model: FSDP owns its
+    modules' parameter slots (it swaps sharded and unsharded parameters in them at every forward),
+    so a swap here would leave the defender's forward on frozen copies (no gradient).
     """
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.is_autocast_enabled(device_type) or _fsdp_managed(model):
         yield
         return
     dtype = torch.get_autocast_dtype(device_type)
