@@ -68,7 +68,8 @@ def test_resolve_mixed_precision_logs_the_choice_and_passes_explicit_settings(ca
     assert resolve_mixed_precision("bf16", "cpu", CpuInfo("EPYC", "AVX2", ())) == "bf16"
 
 
-def test_this_machine_gets_what_its_cpu_has():
+def test_this_machine_gets_what_its_cpu_has(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_info", cpu_info)  # the real detection (conftest pins tests to fp32)
     info = cpu_info()
     expected = "bf16" if info.fast_bf16 else "no"
     assert choose_precision("cpu").mixed_precision == expected
