@@ -264,7 +264,7 @@ class LatentAdversary:
     def _merged_lora(self, device_type: str):
         """LoRA layers merged for the attack as ``config.merge_lora`` says (in the autocast dtype when on)."""
         setting = self.config.merge_lora
-        if setting is False:
+        if setting is False or _fsdp_managed(self.model):  # FSDP2 owns the parameter slots (autocast_weights)
             return nullcontext()
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
         return merged_lora(self.model, dtype, only_when_casting=setting == "auto")
