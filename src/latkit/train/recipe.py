@@ -19,12 +19,9 @@ from latkit.adversary.config import AdversaryConfig
 from latkit.models.lora import LoraSettings
 from latkit.objectives.adversary import AdversaryObjective
 from latkit.objectives.defender import DefenderLosses
+from latkit.train.catalog import RecipeError, find_recipe
 from latkit.train.r2d2 import R2D2Settings
 from latkit.train.unlearn import UnlearnSection
-
-
-class RecipeError(ValueError):
-    """A recipe is malformed; the message names the offending key."""
 
 
 class _Strict(BaseModel):
@@ -267,8 +264,6 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe file, or a shipped recipe by name (``quickstart``; see ``latkit recipes``)."""
-    from latkit.train.catalog import find_recipe
-
     path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -23,6 +23,7 @@ import torch
 
 from latkit.adversary.latent import LatentAdversary, frozen_parameters
 from latkit.data.collator import PromptCompletionCollator
+from latkit.errors import LatkitError
 from latkit.models.adapter import ModelAdapter
 from latkit.models.lora import apply_lora, is_peft, trainable_parameters
 from latkit.objectives.defender import benign_losses, harmful_losses
@@ -43,12 +44,12 @@ from latkit.train.checkpoint import (
 from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
                                       fully_shard_model, is_sharded)
 from latkit.train.recipe import Recipe, data_fingerprint
-from latkit.train.sampler import IndexStream
+from latkit.data.sampler import IndexStream
 
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
+class TrainError(LatkitError, RuntimeError):
     """A run cannot start or continue (bad output dir, resume mismatch, …)."""
 
 
@@ -320,7 +321,8 @@ class Trainer:
     def _write_model(self, model, directory: Path, *, kind: str, state_dict: dict | None = None) -> None:
         """An adapter (or full model) + tokenizer + model card into ``directory`` (no hub lookups);
         ``state_dict``: full tensors gathered from FSDP shards, when sharded."""
-        from latkit.models.saving import model_card, save_model
+        from latkit.models.saving import model_card
+        from latkit.models.store import save_model
         from latkit.train.summary import summarize_run
 
         card = model_card(self.recipe.model_dump(mode="json"), base=self.base_ref, kind=kind,

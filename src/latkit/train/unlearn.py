@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from latkit.data.schemas import DataError
 from latkit.objectives.forward import forward_logits, group_rows, to_device
 from latkit.objectives.losses import cross_entropy
-from latkit.train.sampler import IndexStream
+from latkit.data.sampler import IndexStream
 
 
 class _Strict(BaseModel):
@@ -95,7 +95,7 @@ class UnlearnSection(_Strict):
 def _load(src: TextSource, what: str) -> tuple[list[str], list[str] | None]:
     from latkit.data.loaders import load_records
     from latkit.data.sources import resolve_source
-    from latkit.unlearning.data import load_texts
+    from latkit.data.text import load_texts
 
     path = resolve_source(src.source)
     if src.generic_column is None:
@@ -110,7 +110,7 @@ class UnlearnTask:
     """Data, batches, adversary objective and defender losses of an unlearning run (see module doc)."""
 
     def __init__(self, recipe, tokenizer, *, rank: int = 0, world: int = 1):
-        from latkit.unlearning.data import TextCollator
+        from latkit.data.text import TextCollator
 
         self.cfg: UnlearnSection = recipe.unlearn
         self.names = self.cfg.forget_names()

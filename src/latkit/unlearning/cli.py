@@ -164,7 +164,7 @@ def _pct(x) -> str:
 
 
 def format_report(results: dict) -> str:
-    """A plain-text summary of :func:`latkit.unlearning.evaluate.evaluate_data_dir` results."""
+    """A plain-text summary of :func:`latkit.unlearning.datadir.evaluate_data_dir` results."""
     lines = [f"{results.get('model', 'model')}  (scoring: {results['scoring']}, chance 25%)"]
     for part, acc in results["accuracy"].items():
         lo, hi = acc["ci95"]
@@ -179,7 +179,7 @@ def format_report(results: dict) -> str:
 
 def cmd_eval(args) -> int:
     from latkit.unlearning.data import split_files
-    from latkit.unlearning.evaluate import evaluate_data_dir
+    from latkit.unlearning.datadir import evaluate_data_dir
     from latkit.unlearning.relearn import RelearnConfig, load_for_unlearning
 
     split_files(args.data)  # a bad directory fails before the model loads

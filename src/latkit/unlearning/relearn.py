@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from latkit.data.text import TextCollator, load_texts
 from latkit.models.lora import LoraSettings, fresh_lora
-from latkit.unlearning.data import TextCollator, load_texts
 from latkit.unlearning.evaluate import Scoring, mcq_accuracy
 
 
@@ -77,7 +77,7 @@ def finetune_on_texts(
     """
     from latkit.objectives.forward import forward_logits, to_device
     from latkit.objectives.losses import cross_entropy
-    from latkit.train.sampler import IndexStream
+    from latkit.data.sampler import IndexStream
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -149,7 +149,7 @@ def implant_model_dir(model_name: str, text_files: Sequence, out_dir, *, steps: 
     import time
     from pathlib import Path
 
-    from latkit.models.loading import _atomic_save
+    from latkit.models.store import atomic_save
 
     files = [str(f) for f in text_files]
     texts = [t for f in files for t in load_texts(f)]  # a bad file fails before the model loads
@@ -158,7 +158,7 @@ def implant_model_dir(model_name: str, text_files: Sequence, out_dir, *, steps: 
     res = finetune_on_texts(model, tok, texts, steps=steps, learning_rate=lr, merge=True, log=log, **kwargs)
     wall = time.perf_counter() - t0
     out = Path(out_dir)
-    _atomic_save(res.model.cpu(), tok, out)
+    atomic_save(res.model.cpu(), tok, out)
     lora = kwargs.get("lora") or LoraSettings()
     record = {"base_model": model_name, "texts": files, "n_texts": len(texts), "steps": steps, "lr": lr,
               **{k: v for k, v in kwargs.items() if k != "lora"}, "lora": lora.model_dump(mode="json"),
