@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from latkit.adversary.config import AdversaryConfig
 from latkit.models.lora import LoraSettings
-from latkit.objectives.adversary import AdversaryObjective
+from latkit.objectives.adversary import OBJECTIVES, AdversaryObjective, TargetedObjective
 from latkit.objectives.defender import DefenderLosses
 from latkit.train.catalog import RecipeError, find_recipe
 from latkit.train.r2d2 import R2D2Settings
@@ -77,7 +77,7 @@ class DataSection(_Strict):
 class AdversarySection(AdversaryConfig):
     """The latent adversary (see :class:`~latkit.adversary.AdversaryConfig`) and its objective."""
 
-    objective: AdversaryObjective = Field(default_factory=AdversaryObjective)
+    objective: AdversaryObjective = Field(default_factory=TargetedObjective)
 
     @model_validator(mode="after")
     def _usable_epsilon(self):
@@ -239,10 +239,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _loc(parts) -> str:
+    """The dotted key of an error: without validator frames and without the ``kind`` tag pydantic adds
+    after a discriminated union (``adversary.objective.targeted.toward`` is ``adversary.objective.toward``)."""
+    out = []
+    for x in parts:
+        x = str(x)
+        if x.startswith("function-after") or (out and out[-1] == "objective" and x in OBJECTIVES):
+            continue
+        out.append(x)
+    return ".".join(out)
+
+
 def _format_error(e: ValidationError) -> str:
     msgs = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+        loc = _loc(err["loc"])
         if err["type"] == "extra_forbidden":
             msgs.append(f"unknown key {loc!r}")
         else:

@@ -72,6 +72,14 @@ def _without_resumable(recipe_yaml: str) -> dict:
     return data
 
 
+def _resolved(data: dict) -> dict:
+    """A recipe dict with every field explicit (a recipe.yaml written by an older latkit may spell
+    the same run differently, e.g. settings of other objective kinds at their defaults)."""
+    from latkit.train.recipe import recipe_from_dict
+
+    return recipe_from_dict(data).model_dump(mode="json")
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The complete records of a ``metrics.jsonl``, stopping at the first cut-off or garbled line
     (a kill or a full disk can leave one at the end)."""
@@ -130,7 +138,7 @@ class Trainer:
             old = recipe_file.read_text()
             if old != self.recipe.to_yaml():
                 try:
-                    same = _without_resumable(old) == _without_resumable(self.recipe.to_yaml())
+                    same = _resolved(_without_resumable(old)) == _resolved(_without_resumable(self.recipe.to_yaml()))
                 except Exception:  # an unreadable recipe.yaml is a different recipe
                     same = False
                 if not same:
@@ -265,7 +273,7 @@ class Trainer:
         self.adapter = ModelAdapter.from_model(self.inner)
         adv_cfg = r.adversary
         self.adversary = None
-        if adv_cfg.objective.kind != "none":
+        if adv_cfg.objective.uses_adversary:
             self.adversary = LatentAdversary(self.inner, adv_cfg, self.adapter)
         self.generator = torch.Generator().manual_seed(r.train.seed * 7919 + acc.process_index)
         self.task.start(self.context)
@@ -407,13 +415,9 @@ class Trainer:
         return self.task.objective(self.recipe.adversary.objective, hb)
 
     def _attack(self, hb):
-        kind = self.recipe.adversary.objective.kind
         if self.adversary is None or hb is None:
             return None
-        if kind == "random":
-            return self.adversary.random(hb, self.generator)
-        with self.accelerator.autocast():
-            return self.adversary.attack(hb, self._objective(hb), self.generator)
+        return self._objective(hb).perturb(self.adversary, hb, self.generator, self.accelerator.autocast)
 
     def train_step(self) -> dict:
         with self.meter:

@@ -9,6 +9,7 @@ import torch
 from latkit.adversary.latent import frozen_parameters
 from latkit.data.collator import PromptCompletionCollator
 from latkit.data.sampler import IndexStream
+from latkit.objectives.adversary import DPOObjective
 from latkit.objectives.defender import benign_losses, harmful_losses
 from latkit.objectives.forward import to_device
 from latkit.train.checkpoint import atomic_write_text
@@ -135,9 +136,9 @@ class PreferenceTask(JailbreakTask):
                     hb["ref_logps"] = reference_logps(model, hb, self.preference, reference)
 
     def objective(self, base, batch: Batch):
-        if base.kind == "dpo":
-            return self.preference.objective(batch["ref_logps"], swap=True)
-        return base
+        """The ``dpo`` objective scores with this task's preference loss (β, loss type) and reads the
+        batch's reference log-probs; other objectives are used as they are."""
+        return base.with_loss(self.preference) if isinstance(base, DPOObjective) else base
 
     def harmful_losses(self, model, hb: Batch, under):
         from latkit.objectives.preference import preference_losses

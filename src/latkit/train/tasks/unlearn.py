@@ -8,6 +8,7 @@ import torch
 
 from latkit.data.sampler import IndexStream
 from latkit.data.schemas import DataError
+from latkit.objectives.adversary import TargetedObjective
 from latkit.objectives.forward import forward_logits, group_rows, to_device
 from latkit.objectives.losses import cross_entropy
 from latkit.train.tasks.base import MicroBatch, Task, TaskContext
@@ -115,7 +116,9 @@ class UnlearnTask(Task):
     def objective(self, base, batch=None):
         """The adversary's objective on forget batches: toward the forget text, away from the paired
         retain text (when ``base.away`` > 0)."""
-        if base.kind != "targeted":
+        if not base.optimised:  # a random δ has no target
+            return base
+        if not isinstance(base, TargetedObjective):
             raise ValueError(f"unlearning adversaries are targeted (toward the forget text); got {base.kind!r}")
         return base.model_copy(update={"harmful_group": "forget", "refusal_group": "retain"})
 
