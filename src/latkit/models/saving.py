@@ -105,10 +105,11 @@ def method_name(recipe: dict) -> str:
         return "R2D2-style adversarial training"
     if (recipe.get("data") or {}).get("harmful") is None:
         return "SFT"
-    return {"none": "RT (refusal training)", "random": "RLP (random latent perturbations)",
+    name = {"none": "RT (refusal training)", "random": "RLP (random latent perturbations)",
             "untargeted": "untargeted LAT" if latent else "untargeted AT (embedding space)",
             "targeted": "RT-EAT-LAT (targeted LAT)" if latent else "RT-EAT (embedding-space AT)",
             }.get(kind, kind)
+    return name + (" + safety-recovery augmentation" if recipe.get("recovery") else "")
 
 
 def model_card(recipe: dict, *, base: str, kind: str = "adapter", provenance: dict | None = None,

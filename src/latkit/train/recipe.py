@@ -21,6 +21,7 @@ from latkit.objectives.adversary import OBJECTIVES, AdversaryObjective, Targeted
 from latkit.objectives.defender import DefenderLosses
 from latkit.train.catalog import RecipeError, find_recipe
 from latkit.train.r2d2 import R2D2Settings
+from latkit.train.recovery import RecoverySettings
 from latkit.train.unlearn import UnlearnSection
 
 
@@ -132,6 +133,7 @@ class Recipe(_Strict):
     defender: DefenderLosses = Field(default_factory=DefenderLosses)
     r2d2: R2D2Settings | None = Field(None, description="GCG test cases in the loop (the R2D2 baseline)")
     unlearn: UnlearnSection | None = Field(None, description="unlearning on forget/retain text (GA, RMU, generic)")
+    recovery: RecoverySettings | None = Field(None, description="refusals after a harmful prefix (Qi et al. 2024)")
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
@@ -171,14 +173,18 @@ class Recipe(_Strict):
                                  "no defender.preference, adversary.objective.kind: none and no r2d2")
             if self.data.benign is None:
                 raise ValueError("data.harmful and data.benign are both null: nothing to train on")
+        if self.recovery is not None and (self.data.harmful is None or self.r2d2 is not None
+                                          or self.defender.preference is not None):
+            raise ValueError("recovery rewrites the refusals of harmful triples: it needs data.harmful and "
+                             "works with toward/away refusal training (not with r2d2 or defender.preference)")
         if self.adversary.objective.kind == "dpo" and self.defender.preference is None:
             raise ValueError("adversary.objective.kind: dpo takes its β and loss from defender.preference; set it")
         return self
 
     def _check_unlearn(self):
         adv, u = self.adversary, self.unlearn
-        if self.r2d2 is not None:
-            raise ValueError("r2d2 and unlearn cannot be combined")
+        if self.r2d2 is not None or self.recovery is not None:
+            raise ValueError("r2d2 / recovery and unlearn cannot be combined")
         kind = adv.objective.kind
         if kind not in ("targeted", "random", "none"):
             raise ValueError(f"an unlearning adversary is targeted (toward the forget text), random or none; "

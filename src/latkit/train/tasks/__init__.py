@@ -9,6 +9,7 @@ resumable state. A new method is a new :class:`Task` subclass (and a line in :fu
 - :class:`PreferenceTask`: the same data scored as refusal ≻ harmful with DPO / IPO against the
   reference model (DPO, and DPO-LAT with the ``dpo`` adversary objective);
 - :class:`R2D2Task`: the harmful rows are GCG test cases from a pool updated against the current model;
+- :class:`~latkit.train.tasks.recovery.RecoveryTask`: refusals trained after a harmful prefix (safety recovery);
 - :class:`~latkit.train.tasks.unlearn.UnlearnTask`: forget / retain text (GA, RMU, generic labels).
 
 The call order per outer step: :meth:`Task.micro_batches` (adversary compute), :meth:`Task.before_attack`
@@ -19,16 +20,19 @@ from __future__ import annotations
 
 from latkit.train.tasks.base import MicroBatch, Task, TaskContext
 from latkit.train.tasks.jailbreak import JailbreakTask, PreferenceTask, R2D2PreferenceTask, R2D2Task
+from latkit.train.tasks.recovery import RecoveryTask
 from latkit.train.tasks.unlearn import UnlearnTask
 
-__all__ = ["JailbreakTask", "MicroBatch", "PreferenceTask", "R2D2PreferenceTask", "R2D2Task", "Task", "TaskContext",
-           "UnlearnTask", "build_task"]
+__all__ = ["JailbreakTask", "MicroBatch", "PreferenceTask", "R2D2PreferenceTask", "R2D2Task", "RecoveryTask", "Task",
+           "TaskContext", "UnlearnTask", "build_task"]
 
 
 def build_task(recipe, ctx: TaskContext) -> Task:
     """The task a recipe describes (``unlearn:`` → unlearning; else jailbreak, with DPO / R2D2 variants)."""
     if recipe.unlearn is not None:
         return UnlearnTask(recipe, ctx.tokenizer, rank=ctx.rank, world=ctx.world)
+    if recipe.recovery is not None:
+        return RecoveryTask(recipe)
     preference, r2d2 = recipe.defender.preference is not None, recipe.r2d2 is not None
     cls = {(False, False): JailbreakTask, (True, False): PreferenceTask,
            (False, True): R2D2Task, (True, True): R2D2PreferenceTask}[preference, r2d2]
