@@ -3,8 +3,10 @@ uses (the adversary's δ, the refusal direction, RMU activations, the analysis).
 
 A decoder block returns a tensor, a tuple (hidden states first) or a ``ModelOutput`` with
 ``last_hidden_state``, depending on the family and version; :func:`split_output` /
-:func:`join_output` handle all three, and :func:`record` stores a site's output while active
-(the hooks are always removed, even when the body raises).
+:func:`join_output` handle all three. A block is called with its hidden states positionally or
+as ``hidden_states=``; :func:`block_input` / :func:`replace_block_input` read and replace them in a
+forward pre-hook (``with_kwargs=True``). :func:`record` stores a site's output while active (the
+hooks are always removed, even when the body raises).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from latkit.models.adapter import ModelAdapter
+from latkit.models.adapter import AdapterError, ModelAdapter
 
 
 def split_output(output):
@@ -38,6 +40,24 @@ def join_output(hidden, original):
         return [hidden] + list(original[1:])
     original.last_hidden_state = hidden
     return original
+
+
+def block_input(args, kwargs):
+    """The hidden states a decoder block was called with (positional or ``hidden_states=``)."""
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    raise AdapterError("a decoder block was called without hidden states")
+
+
+def replace_block_input(args, kwargs, hidden):
+    """``(args, kwargs)`` of a block call with its hidden states replaced by ``hidden`` (a pre-hook's return)."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": hidden}
+    raise AdapterError("a decoder block was called without hidden states")
 
 
 @contextmanager
