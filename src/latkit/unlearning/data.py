@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from latkit.data.loaders import Source, load_records
+from latkit.data.jsonl import write_jsonl
 from latkit.data.schemas import DataError
 from latkit.evaluation.datasets import MCQItem
 
@@ -128,12 +129,6 @@ MCQ_FILES = {"forget": "mcq_forget.jsonl", "retain": "mcq_retain.jsonl", "forget
 SPLIT_FILE = "split.json"
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
 def save_split(split, out_dir: str | Path, *, paraphrases: int | None = None, meta: Mapping | None = None) -> dict:
     """Write a :class:`~latkit.unlearning.facts.ForgetRetainSplit` into ``out_dir``; return the ``split.json`` record.
 
@@ -148,9 +143,9 @@ def save_split(split, out_dir: str | Path, *, paraphrases: int | None = None, me
     out.mkdir(parents=True, exist_ok=True)
     parts = split.parts()
     for part, name in TEXT_FILES.items():
-        _write_jsonl(out / name, [{"text": s, "fact": f.id} for f in parts[part] for s in f.statements[:paraphrases]])
+        write_jsonl(out / name, [{"text": s, "fact": f.id} for f in parts[part] for s in f.statements[:paraphrases]])
     for part, name in MCQ_FILES.items():
-        _write_jsonl(out / name, [f.mcq().record(id=f.id, topic=f.topic) for f in parts[part]])
+        write_jsonl(out / name, [f.mcq().record(id=f.id, topic=f.topic) for f in parts[part]])
     record = {**dict(meta or {}), "forget_topics": list(split.forget_topics), "paraphrases": paraphrases,
               "counts": {p: len(v) for p, v in parts.items()}, "ids": {p: [f.id for f in v] for p, v in parts.items()},
               "files": {**TEXT_FILES, **{f"mcq_{k}": v for k, v in MCQ_FILES.items()}}}

@@ -126,19 +126,6 @@ def implant_texts(model, tokenizer, texts: Sequence[str], steps: int, lr: float,
     return finetune_on_texts(model, tokenizer, texts, steps=steps, learning_rate=lr, merge=True, **kwargs).model
 
 
-def load_for_unlearning(name: str, device: str = "auto", *, merge: bool = True):
-    """``(model, tokenizer)`` in float32 on ``device`` (``auto``: CUDA when available), in eval mode; no chat
-    template needed. ``merge``: fold a PEFT adapter (a ``latkit train`` run) into its base."""
-    from latkit.models.loading import load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(name, dtype="float32", require_chat_template=False)
-    if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tok
-
-
 def implant_model_dir(model_name: str, text_files: Sequence, out_dir, *, steps: int, lr: float,
                       device: str = "auto", log: Callable[[str], None] | None = None, **kwargs) -> dict:
     """Load ``model_name``, implant the texts of ``text_files`` (:func:`implant_texts`; ``kwargs`` such as
@@ -149,11 +136,12 @@ def implant_model_dir(model_name: str, text_files: Sequence, out_dir, *, steps: 
     import time
     from pathlib import Path
 
+    from latkit.models.loading import load_for_eval
     from latkit.models.store import atomic_save
 
     files = [str(f) for f in text_files]
     texts = [t for f in files for t in load_texts(f)]  # a bad file fails before the model loads
-    model, tok = load_for_unlearning(model_name, device)
+    model, tok = load_for_eval(model_name, device, merge=True, require_chat_template=False)
     t0 = time.perf_counter()
     res = finetune_on_texts(model, tok, texts, steps=steps, learning_rate=lr, merge=True, log=log, **kwargs)
     wall = time.perf_counter() - t0
