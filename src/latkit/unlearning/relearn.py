@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from latkit.data.text import TextCollator, load_texts
@@ -75,9 +74,8 @@ def finetune_on_texts(
     ``evaluate``. ``merge=True`` merges the LoRA into the weights at the end, else
     it is removed. ``log`` gets a line every tenth of the run.
     """
-    from latkit.objectives.forward import forward_logits, to_device
-    from latkit.objectives.losses import cross_entropy
     from latkit.data.sampler import IndexStream
+    from latkit.objectives.finetune import finetune_steps
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -87,33 +85,26 @@ def finetune_on_texts(
         raise ValueError(f"eval_at needs an evaluate function and step counts within 0..{steps}, got {eval_at}")
     collate = TextCollator(tokenizer, max_length=max_length)
     stream = IndexStream(len(texts), batch_size, seed)
-    evals, losses = [], []
+    evals = []
     every = max(steps // 10, 1)
     with fresh_lora(model, lora or LoraSettings(), seed, merge=merge) as (peft_model, copied):
         target = peft_model.get_base_model()  # the same object once the LoRA is removed or merged
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-        device = next(peft_model.parameters()).device
-        for step in range(steps + 1):
+
+        def before(step):
             if step in eval_at:
                 peft_model.eval()
                 evals.append({"step": step, **evaluate(peft_model)})
-            if step == steps:
-                break
-            peft_model.train()
-            batch = to_device(collate([texts[i] for i in stream.next()]), device)
-            logits, off = forward_logits(peft_model, batch)
-            loss = cross_entropy(logits, batch["input_ids"], batch["completion_mask"], off)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            losses.append(float(loss.detach()))
+
+        losses: list[float] = []
+
+        def after(step, loss):
+            losses.append(loss)
             if log is not None and ((step + 1) % every == 0 or step + 1 == steps):
                 log(f"step {step + 1}/{steps}: loss {sum(losses[-every:]) / len(losses[-every:]):.4f}")
-        opt.zero_grad(set_to_none=True)
-        n_trainable = sum(p.numel() for p in params)
+
+        _, n_trainable = finetune_steps(
+            peft_model, lambda: collate([texts[i] for i in stream.next()]), steps, learning_rate=learning_rate,
+            weight_decay=weight_decay, max_grad_norm=max_grad_norm, before_step=before, after_step=after)
     return FinetuneResult(model=target, losses=losses, evals=evals, trainable_parameters=n_trainable,
                           copied_model=copied, n_texts=len(texts))
 
