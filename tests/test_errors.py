@@ -2,8 +2,10 @@
 import pytest
 
 from latkit.adversary.hooks import PerturbationError
+from latkit.attacks.base import AttackError
 from latkit.data.collator import CollateError
 from latkit.data.schemas import DataError
+from latkit.evaluation.schema import SuiteError
 from latkit.errors import EXPECTED, LatkitError
 from latkit.models.adapter import AdapterError
 from latkit.models.chat import ChatTemplateError
@@ -18,7 +20,7 @@ from latkit.train.trainer import NonFiniteError, TrainError
     (RecipeError, ValueError), (DataError, ValueError), (CollateError, ValueError), (ChatTemplateError, ValueError),
     (AdapterError, ValueError), (ModelLoadError, RuntimeError), (TrainError, RuntimeError),
     (NonFiniteError, RuntimeError), (TrackerError, RuntimeError), (PerturbationError, RuntimeError),
-    (CheckpointError, RuntimeError),
+    (CheckpointError, RuntimeError), (AttackError, ValueError), (SuiteError, ValueError),
 ])
 def test_expected_errors_share_one_base(cls, builtin):
     assert issubclass(cls, LatkitError) and issubclass(cls, builtin)

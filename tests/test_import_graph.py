@@ -4,8 +4,9 @@ modules, and no package importing one on a higher floor.
 
 The floors, bottom to top (a package may import its own floor's packages and anything below):
 
-0. ``latkit`` (the version), ``errors`` (``LatkitError``), ``testing`` (tiny random models),
-   ``provenance``, ``cliutil``: import nothing of latkit but the version.
+0. ``latkit`` (the version), ``errors`` (``LatkitError``), ``config`` (the strict config base and its
+   error formatter), ``testing`` (tiny random models), ``provenance``, ``cliutil``: import nothing of
+   latkit but the version.
 1. ``models``: loading, chat templates, the block adapter, block hooks, likelihood scoring, saving.
 2. ``data``: loaders, schemas, collators, text corpora, the index stream.
 3. ``objectives``: losses over logits and activations.
@@ -31,7 +32,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = SRC / "latkit"
 
 FLOORS: list[set[str]] = [
-    {"latkit", "errors", "testing", "provenance", "cliutil"},
+    {"latkit", "errors", "config", "testing", "provenance", "cliutil"},
     {"models"},
     {"data"},
     {"objectives"},

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from latkit.adversary.config import AdversaryConfig
+from latkit.config import StrictModel, format_validation_error
 from latkit.models.lora import LoraSettings
 from latkit.objectives.adversary import OBJECTIVES, AdversaryObjective, TargetedObjective
 from latkit.objectives.defender import DefenderLosses
@@ -25,11 +26,7 @@ from latkit.train.recovery import RecoverySettings
 from latkit.train.unlearn import UnlearnSection
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSection(_Strict):
+class ModelSection(StrictModel):
     name: str = "smollm2-135m"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     chat_template: str | None = None
@@ -39,12 +36,12 @@ class ModelSection(_Strict):
     quantization: Literal["4bit", "8bit"] | None = None
 
 
-class FinetuneSection(_Strict):
+class FinetuneSection(StrictModel):
     method: Literal["lora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
-class HarmfulData(_Strict):
+class HarmfulData(StrictModel):
     """Harmful triples. ``source``: a path (CSV/JSONL/JSON), a HF dataset name, or ``advbench``
     (found in the data directory: ``$LATKIT_DATA_DIR`` or ``shared/data`` beside the working dir)."""
 
@@ -57,7 +54,7 @@ class HarmfulData(_Strict):
     max_new_tokens: int = Field(64, ge=1)
 
 
-class BenignData(_Strict):
+class BenignData(StrictModel):
     """Benign pairs. ``source: builtin`` = the project's benign prompts answered by the base
     model (self-distillation); otherwise a path / dataset with ``prompt`` and ``response``."""
 
@@ -67,7 +64,7 @@ class BenignData(_Strict):
     max_new_tokens: int = Field(64, ge=1)
 
 
-class DataSection(_Strict):
+class DataSection(StrictModel):
     harmful: HarmfulData | None = Field(default_factory=HarmfulData)
     benign: BenignData | None = Field(default_factory=BenignData)
     max_length: int = Field(256, ge=8)
@@ -98,7 +95,7 @@ class AdversarySection(AdversaryConfig):
         return self
 
 
-class TrainSection(_Strict):
+class TrainSection(StrictModel):
     steps: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
     benign_batch_size: int = Field(8, ge=1)
@@ -117,11 +114,11 @@ class TrainSection(_Strict):
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
 
 
-class OutputSection(_Strict):
+class OutputSection(StrictModel):
     merge: bool = False
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """A complete LAT / RT / EAT / RLP / R2D2 / DPO(-LAT) / unlearning run."""
 
     name: str = "run"
@@ -245,35 +242,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _loc(parts) -> str:
-    """The dotted key of an error: without validator frames and without the ``kind`` tag pydantic adds
-    after a discriminated union (``adversary.objective.targeted.toward`` is ``adversary.objective.toward``)."""
-    out = []
-    for x in parts:
-        x = str(x)
-        if x.startswith("function-after") or (out and out[-1] == "objective" and x in OBJECTIVES):
-            continue
-        out.append(x)
-    return ".".join(out)
-
-
-def _format_error(e: ValidationError) -> str:
-    msgs = []
-    for err in e.errors():
-        loc = _loc(err["loc"])
-        if err["type"] == "extra_forbidden":
-            msgs.append(f"unknown key {loc!r}")
-        else:
-            msgs.append(f"{loc or 'recipe'}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(msgs)
-
-
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
     data = apply_overrides(dict(data or {}), overrides or [])
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(f"invalid recipe: {_format_error(e)}") from None
+        raise RecipeError(f"invalid recipe: {format_validation_error(e, root='recipe', tags=OBJECTIVES)}") from None
     bad = _non_finite(recipe.model_dump(mode="python"))
     if bad:  # NaN / inf anywhere (a learning rate, a loss weight, a radius) trains a broken model
         raise RecipeError(f"invalid recipe: {bad[0]}: must be a finite number, got {bad[1]}")

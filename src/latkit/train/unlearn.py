@@ -28,14 +28,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from latkit.config import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextSource(_Strict):
+class TextSource(StrictModel):
     """A text corpus: ``.txt`` (one text per line) or CSV/JSONL/JSON with a ``column``.
     ``generic_column``: the generic-label version of each text (for ``method: generic``)."""
 
@@ -46,7 +44,7 @@ class TextSource(_Strict):
     name: str | None = None
 
 
-class RMUSettings(_Strict):
+class RMUSettings(StrictModel):
     """RMU as in the WMDP code: activations at ``layer`` (the output of that decoder block);
     the control vector ``u = rand(H)/‖·‖ · steering_coeff`` per forget corpus; under full
     fine-tuning only ``param_patterns`` of ``trainable_layers`` (default: ``layer-2 .. layer``)
@@ -58,7 +56,7 @@ class RMUSettings(_Strict):
     param_patterns: list[str] | None = None
 
 
-class UnlearnSection(_Strict):
+class UnlearnSection(StrictModel):
     forget: list[TextSource]
     retain: TextSource
     method: Literal["ga", "rmu", "generic"] = "ga"
