@@ -1,13 +1,13 @@
-"""The one LAT training loop: RT, RT-EAT, targeted LAT, untargeted LAT, RLP and R2D2 by recipe alone.
+"""The one LAT training loop: RT, RT-EAT, targeted LAT, untargeted LAT, RLP, R2D2, DPO(-LAT), unlearning
+and safety recovery by recipe alone.
 
-Per outer step, for each of ``grad_accum`` micro-batches the adversary attacks
-(or draws random δ, or does nothing; with ``r2d2:`` the harmful rows are GCG test
-cases updated against the current model first); then the defender takes
-``defender_steps`` optimiser updates on those micro-batches under their fixed
-δ, with gradients averaged over micro-batches. Built on ``accelerate``: the
-same code runs on CPU, one GPU, or ``accelerate launch`` (DDP/FSDP/DeepSpeed).
-The adversary runs on the unwrapped module: δ is per example, so the inner loop
-needs no communication between processes.
+Per outer step the run's task (:mod:`latkit.train.tasks`: its data, batches, objective, losses and
+state) makes ``grad_accum`` micro-batches; the adversary attacks each (or draws a random δ, or does
+nothing: the objective's :meth:`~latkit.objectives.adversary.Objective.perturb`); then the defender takes
+``defender_steps`` optimiser updates on those micro-batches under their fixed δ, with gradients
+averaged over micro-batches. Built on ``accelerate``: the same code runs on CPU, one GPU, or
+``accelerate launch`` (DDP/FSDP/DeepSpeed). The adversary runs on the unwrapped module: δ is per
+example, so the inner loop needs no communication between processes.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from latkit.train.checkpoint import (
 from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
                                       fully_shard_model, is_sharded)
 from latkit.train.recipe import Recipe
-from latkit.train.tasks import TaskContext, build_task
+from latkit.train.tasks import Task, TaskContext, build_task
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +119,15 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, output_dir: str | Path, *, resume: bool = False,
                  model=None, tokenizer=None, progress: bool = True,
-                 callbacks: Sequence[Callable[["Trainer"], None]] = ()):
+                 callbacks: Sequence[Callable[["Trainer"], None]] = (),
+                 task: Callable[[Recipe, TaskContext], Task] = build_task):
         self.recipe = recipe
         self.out = Path(output_dir)
         self.resume = resume
         self.progress = progress
         # called with the trainer after every outer step (logged and checkpointed); one that raises stops the run
         self.callbacks = list(callbacks)
+        self._make_task = task  # (recipe, context) -> the training task; default: the one the recipe names
         self._model, self._tokenizer = model, tokenizer
         self._given_model = model is not None
 
@@ -229,7 +231,7 @@ class Trainer:
         # the task: its data (generated parts made once by the main process, cached in the run dir)
         self.context = TaskContext(recipe=r, tokenizer=tok, accelerator=acc, out=self.out, resume=self.resume,
                                    log=self._print)
-        self.task = build_task(r, self.context)
+        self.task = self._make_task(r, self.context)
         self.task.load_data(self.context, model)
 
         if is_peft(model):

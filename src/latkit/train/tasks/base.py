@@ -3,6 +3,7 @@
 below it."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +40,7 @@ class TaskContext:
         return self.accelerator.is_main_process
 
 
-class Task:
+class Task(ABC):
     """The protocol (with its no-op defaults). ``losses`` returns ``(total, parts, logits, rows)``:
     ``logits`` (detached) of the attacked rows ``rows`` under δ, when one forward covered them, lets
     the trainer read the adversary's final loss without another forward (``None``: it runs one)."""
@@ -56,10 +57,10 @@ class Task:
     def start(self, ctx: TaskContext) -> None:
         """Samplers and pools, once the model is ready (before a resume loads their state)."""
 
+    @abstractmethod
     def micro_batches(self, ctx: TaskContext, model, step: int, stats: dict) -> list[MicroBatch]:
         """``recipe.train.grad_accum`` micro-batches on ``ctx.device``; ``stats`` collects metrics
         of the batch making (e.g. R2D2's GCG losses). ``model``: the unwrapped model, in eval mode."""
-        raise NotImplementedError
 
     def before_attack(self, model, micro: list[MicroBatch], reference, autocast) -> None:
         """Per-batch quantities the objective and the losses share (computed once, without δ)."""
@@ -68,8 +69,11 @@ class Task:
         """What the adversary minimises on ``batch``, given the recipe's ``adversary.objective``."""
         return base
 
+    @abstractmethod
     def losses(self, model, inner, adapter, hb: Batch | None, bb: Batch | None, under, reference):
-        raise NotImplementedError
+        """The defender's loss on one micro-batch: ``model`` (wrapped for DDP/FSDP) runs the forwards,
+        ``under(rows)`` applies the attack's δ to those rows of ``hb``; ``inner`` / ``adapter`` are the
+        unwrapped model and its block adapter; ``reference`` the starting model (see ``needs_reference``)."""
 
     def end_step(self) -> None:
         """After the defender's updates of an outer step."""
