@@ -58,8 +58,8 @@ def test_targeted_is_toward_ce_plus_away_unlikelihood():
         TargetedObjective(toward=0, away=0)
     with pytest.raises(ValidationError):
         TargetedObjective(toward=-1)
-    with pytest.raises(ValidationError, match="desirable_group does not apply to kind 'targeted'"):
-        UNION.validate_python({"kind": "targeted", "desirable_group": "harmful"})
+    with pytest.warns(UserWarning, match="desirable_group does not apply to kind 'targeted' and is ignored"):
+        assert UNION.validate_python({"kind": "targeted", "desirable_group": "harmful"}) == TargetedObjective()
     p = FakeAdversary()
     assert obj.perturb(p, batch) == "pgd" and p.calls == [("attack", obj)]
     assert obj.optimised and obj.uses_adversary
@@ -74,7 +74,7 @@ def test_untargeted_maximises_the_desirable_loss():
     assert torch.allclose(loss, -ce) and torch.allclose(parts["desirable_ce"], ce)
     assert torch.allclose(UntargetedObjective(desirable_group="harmful")(logits, batch)[0],
                           -cross_entropy(logits[:B], batch["input_ids"][:B], batch["completion_mask"][:B]))
-    with pytest.raises(ValidationError, match="toward does not apply to kind 'untargeted'"):
+    with pytest.warns(UserWarning, match="toward does not apply to kind 'untargeted'"):
         UNION.validate_python({"kind": "untargeted", "toward": 0.5})
     with pytest.raises(ValidationError):
         UntargetedObjective(away=1.0, bogus=1)
@@ -126,8 +126,14 @@ def test_recipe_objective_by_kind():
     assert isinstance(r.adversary.objective, UntargetedObjective)
     with pytest.raises(RecipeError, match="adversary.objective"):
         tiny_recipe(**{"adversary.objective.kind": "sideways"})
-    with pytest.raises(RecipeError, match="toward does not apply to kind 'random'"):
-        tiny_recipe(**{"adversary.objective": {"kind": "random", "toward": 0.3}})
+    with pytest.warns(UserWarning, match="toward does not apply to kind 'random'"):
+        r = tiny_recipe(**{"adversary.objective": {"kind": "random", "toward": 0.3}})
+    assert isinstance(r.adversary.objective, RandomObjective)
+    # switching the kind of a recipe with non-default settings by override keeps working, as before
+    with pytest.warns(UserWarning):
+        r = tiny_recipe(**{"adversary.objective": {"kind": "targeted", "toward": 0.5, "away": 0.5}},
+                        **{"adversary.objective.kind": "random"})
+    assert r.adversary.objective == RandomObjective()
     # a resolved recipe round-trips through its YAML
     from latkit.train.recipe import recipe_from_dict
     import yaml

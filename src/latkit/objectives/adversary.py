@@ -8,6 +8,7 @@ trainer needs no branch per kind. A new objective is a new class here plus its m
 """
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, model_validator
@@ -15,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, mod
 from latkit.objectives.forward import group_rows
 from latkit.objectives.losses import cross_entropy, unlikelihood
 
-# fields every kind accepted before objectives were classes: a stored recipe (``RUN/recipe.yaml``) still
-# holds them at these values whatever its kind, so they are accepted (and dropped) where they do not apply
+# fields every kind accepted before objectives were classes: a stored recipe (``RUN/recipe.yaml``) holds them
+# whatever its kind, and ``--set adversary.objective.kind=random`` on a targeted recipe keeps toward / away;
+# where they do not apply they are dropped (with a warning when not at these, their old defaults)
 _LEGACY_DEFAULTS = {"toward": 1.0, "away": 1.0, "harmful_group": "harmful", "refusal_group": "refusal",
                     "desirable_group": "refusal"}
 
@@ -42,8 +44,8 @@ class Objective(BaseModel):
             if k in own or k not in _LEGACY_DEFAULTS:
                 out[k] = v
             elif v != _LEGACY_DEFAULTS[k]:
-                raise ValueError(f"{k} does not apply to kind {data.get('kind')!r} "
-                                 f"(its settings: {', '.join(sorted(own - {'kind'})) or 'none'})")
+                warnings.warn(f"adversary.objective.{k} does not apply to kind {data.get('kind')!r} and is ignored "
+                              f"(its settings: {', '.join(sorted(own - {'kind'})) or 'none'})", stacklevel=2)
         return out
 
     def __call__(self, logits, batch: dict, offset: int = 0):
