@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trainer import tiny_recipe  # noqa: E402
+from test_trainer import stop_after, tiny_recipe  # noqa: E402
 
 from latkit.adversary.latent import LatentAdversary  # noqa: E402
 from latkit.train import Trainer  # noqa: E402
@@ -51,7 +51,8 @@ if cfg["objective"] == "dpo":
     over.update({"adversary.objective": {"kind": "dpo"}, "defender.toward": 0.0, "defender.away": 0.0,
                  "defender.kl": 0.0, "defender.preference": {"beta": 0.1, "loss_type": "sigmoid"}})
 recipe = tiny_recipe(**over)
-t = Trainer(recipe, out, progress=False, resume=cfg.get("resume", False), stop_after=cfg.get("stop_after"))
+stop = [stop_after(cfg["stop_after"])] if cfg.get("stop_after") is not None else []
+t = Trainer(recipe, out, progress=False, resume=cfg.get("resume", False), callbacks=stop)
 t.setup()
 acc = t.accelerator
 rank = acc.process_index
@@ -62,7 +63,7 @@ trace = {"world": acc.num_processes, "sharded": any(is_sharded(p) for p in t.inn
          "reduce_scatters": []}
 
 # which global examples this rank attacks: IndexStream's state before each step gives them
-stream_next = t.harmful_stream.next
+stream_next = t.task.harmful_stream.next
 
 
 def next_indices():
@@ -71,7 +72,7 @@ def next_indices():
     return idx
 
 
-t.harmful_stream.next = next_indices
+t.task.harmful_stream.next = next_indices
 
 _batch = {}
 attack = t.adversary.attack

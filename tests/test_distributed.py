@@ -295,7 +295,7 @@ def test_fsdp2_full_finetune_model_dir_equals_single_process(runs):
 
 
 def test_fsdp2_resume_after_a_stop_is_exact(runs):
-    """Stopped after step 1 (the trainer's stop_after, as if killed after that checkpoint), resumed under
+    """Stopped after step 1 (a callback that raises, as if killed after that checkpoint), resumed under
     FSDP2: the same final weights, bit for bit, as the uninterrupted FSDP2 run."""
     uninterrupted = runs.fsdp_lora()
     first = runs.get("fsdp-lora-resume", nproc=2, engine="fsdp2", stop_after=1)

@@ -15,14 +15,14 @@ from latkit.data.collator import PromptCompletionCollator
 from latkit.models import precision
 from latkit.models.lora import LoraSettings, apply_lora
 from latkit.models.precision import CpuInfo, choose_precision, cpu_info, resolve_mixed_precision
-from latkit.objectives import AdversaryObjective
+from latkit.objectives import TargetedObjective
 from latkit.testing import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-OBJ = AdversaryObjective(kind="targeted", toward=1.0, away=1.0)
+OBJ = TargetedObjective(toward=1.0, away=1.0)
 AMX = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 AVX2 = "flags\t\t: fpu sse2 avx avx2 fma\n"
 

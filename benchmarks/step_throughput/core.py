@@ -12,7 +12,7 @@ import torch
 
 from latkit.adversary import AdversaryConfig, LatentAdversary, perturb, project
 from latkit.models.adapter import ModelAdapter
-from latkit.objectives import AdversaryObjective, DefenderLosses, benign_losses, harmful_losses
+from latkit.objectives import TargetedObjective, DefenderLosses, benign_losses, harmful_losses
 from latkit.objectives.losses import cross_entropy, unlikelihood
 
 # Shapes of real models (random weights: throughput does not depend on weight values).
@@ -187,7 +187,7 @@ class Workload:
     harmful: dict
     benign: dict
     adversary: AdversaryConfig
-    objective: AdversaryObjective
+    objective: TargetedObjective
     defender: DefenderLosses
     defender_steps: int = 1
     lr: float = 2e-5

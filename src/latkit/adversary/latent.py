@@ -8,9 +8,10 @@ import torch
 
 from latkit.adversary.config import AdversaryConfig
 from latkit.adversary.constraints import active_fraction, normalize_step, project, random_in_ball, token_norms
-from latkit.adversary.hooks import perturb, record
+from latkit.adversary.hooks import perturb
 from latkit.adversary.prefix import cached_prefix
 from latkit.models.adapter import ModelAdapter
+from latkit.models.hooks import record
 from latkit.models.lora import merged_lora
 from latkit.objectives.forward import forward_logits, forward_logits_packed, pack_shared_prompt
 

@@ -25,7 +25,7 @@ STAGING_PREFIX = ".staging-"
 
 
 def _suite_error(msg: str):
-    from latkit.evaluation.suite import SuiteError
+    from latkit.evaluation.schema import SuiteError
 
     return SuiteError(msg)
 
@@ -48,7 +48,7 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Path
 def check_attacks(suite, overrides: Mapping[str, Any] | None = None) -> None:
     """Every attack of ``suite`` exists and accepts its settings (builds each attack object; no model needed)."""
     from latkit.attacks import ATTACKS, AttackError
-    from latkit.evaluation.suite import expand_attacks, resolve_attack
+    from latkit.evaluation.plan import expand_attacks, resolve_attack
 
     for run in expand_attacks(suite, overrides):
         name = run.entry.name
