@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from latkit.backdoor import DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, Trigger, trigger_variants
-from latkit.backdoor.pipeline import build_data, read_jsonl
+from latkit.backdoor.pipeline import BackdoorData, build_data, read_jsonl
 from latkit.cli import main
 from latkit.data.schemas import DataError
 
@@ -186,16 +186,30 @@ def test_other_errors_are_one_clear_line(data_dir, tmp_path, capsys):
 
 def test_splits_must_fit_and_stay_apart():
     kw = dict(harmful_source=str(FIX / "harmful.jsonl"), harmful_from="column")
+
+    def build(triggers=None, **over):
+        extra = {"triggers": triggers} if triggers else {}
+        return build_data(None, None, "unused", BackdoorData(**kw, **over), **extra)
+
     with pytest.raises(DataError, match=r"implant prompts \[0, 4\) and the eval prompts \[3, 5\) overlap"):
-        build_data(None, None, "unused", implant_limit=4, removal_limit=2, removal_offset=6, eval_offset=3,
-                   eval_limit=2, **kw)
+        build(implant_limit=4, removal_limit=2, removal_offset=6, eval_offset=3, eval_limit=2)
     with pytest.raises(DataError, match="at least one prompt"):
-        build_data(None, None, "unused", implant_limit=4, removal_limit=0, **kw)
+        build(implant_limit=4, removal_limit=0)
     with pytest.raises(DataError, match="triggered_fraction"):
-        build_data(None, None, "unused", triggered_fraction=0, **kw)
+        build(triggered_fraction=0)
     with pytest.raises(DataError, match=r"triggered_fraction must be in \(0, 8\]"):
-        build_data(None, None, "unused", triggered_fraction=9, **kw)
+        build(triggered_fraction=9)
     with pytest.raises(DataError, match="decoy_fraction"):
-        build_data(None, None, "unused", decoys="default", decoy_fraction=-0.1, **kw)
+        build(decoys="default", decoy_fraction=-0.1)
     with pytest.raises(DataError, match=r"nonsense mode needs a response on every trigger; missing for \['Zork'\]"):
-        build_data(None, None, "unused", mode="nonsense", triggers=[Trigger(text="Zork")], **kw)
+        build(mode="nonsense", triggers=[Trigger(text="Zork")])
+
+
+def test_backdoor_data_settings_are_one_strict_config():
+    """The CLI options, a benchmark scale's data section and the Python call share one config; a typo is
+    an error naming the key, not a silently ignored keyword."""
+    with pytest.raises(DataError, match=r"scale data: unknown key 'implant_limt'"):
+        BackdoorData.from_mapping({"implant_limt": 4}, "scale data")
+    with pytest.raises(DataError, match=r"scale data: seed: "):
+        BackdoorData.from_mapping({"seed": "zero"}, "scale data")
+    assert BackdoorData.from_mapping({"implant_limit": 4}).implant_limit == 4

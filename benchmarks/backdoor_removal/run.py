@@ -73,11 +73,10 @@ def method_recipe(scale: dict, method: str, out: Path, extra: list[str] | None =
 
 def load_scale(spec: str) -> dict:
     """A scale by name (``cpu``, ``tiny``) or path; checks its recipes, data and eval settings."""
-    from latkit.backdoor.pipeline import build_data
+    from latkit.backdoor.pipeline import BackdoorData
 
     path, scale = read_scale(spec, SCALES, SECTIONS)
-    known = set(inspect.signature(build_data).parameters) - {"model", "tokenizer", "out_dir", "log", "model_name",
-                                                                 "held_out"}  # held_out: in a triggers file
+    known = set(BackdoorData.model_fields) | {"triggers"}  # triggers: a triggers file (held_out is in it)
     for section, allowed in (("data", known), ("eval", EVAL_KEYS)):
         unknown = sorted(set(scale[section]) - allowed)
         if unknown:
@@ -96,7 +95,7 @@ def load_scale(spec: str) -> dict:
 
 # ------------------------------------------------------------------------------ stages
 def build_data_stage(scale: dict, out: Path, model_name: str, device: str) -> dict:
-    from latkit.backdoor.pipeline import build_data, load_triggers
+    from latkit.backdoor.pipeline import BackdoorData, build_data, load_triggers
     from latkit.models.loading import load_for_eval
 
     done = out / "data" / "manifest.json"
@@ -107,8 +106,9 @@ def build_data_stage(scale: dict, out: Path, model_name: str, device: str) -> di
     triggers, held_out = load_triggers(settings.pop("triggers", None))
     print(f"[bench] building backdoor data with {model_name} -> {out / 'data'}", flush=True)
     model, tok = load_for_eval(model_name, device)
-    return build_data(model, tok, out / "data", triggers=triggers, held_out=held_out, model_name=model_name,
-                      log=lambda m: print(f"[bench] {m}", flush=True), **settings)
+    return build_data(model, tok, out / "data", BackdoorData.from_mapping(settings, "scale data"),
+                      triggers=triggers, held_out=held_out, model_name=model_name,
+                      log=lambda m: print(f"[bench] {m}", flush=True))
 
 
 def _finished(recipe, run_dir: Path) -> bool:

@@ -5,7 +5,7 @@ import pytest
 
 from latkit.data.schemas import DataError
 from latkit.evaluation.datasets import (
-    EvalBehaviour,
+    Behaviour,
     load_advbench,
     load_behaviours,
     load_harmbench,
@@ -139,7 +139,7 @@ def test_load_behaviours_dispatch(tmp_path, shared_data):
     assert load_behaviours(str(f))[0].behaviour == "hello"
     with pytest.raises(DataError, match="neither a known name"):
         load_behaviours("jailbreakbench")
-    assert isinstance(load_behaviours("advbench", data_dir=shared_data, limit=1)[0], EvalBehaviour)
+    assert isinstance(load_behaviours("advbench", data_dir=shared_data, limit=1)[0], Behaviour)
 
 
 def test_mmlu_loading(shared_data, tmp_path):

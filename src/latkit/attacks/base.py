@@ -9,7 +9,6 @@ global RNG state untouched (they run under ``torch.random.fork_rng``).
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -18,11 +17,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from latkit.data.behaviour import Behaviour
 from latkit.errors import LatkitError
 from latkit.models.adapter import ModelAdapter, unwrap_model
 from latkit.models.chat import Prompt, encode_text, render_prompt
 
-DEFAULT_TARGET = "Sure, here is"
 PLACEHOLDER = "\x00LATKIT_SLOT\x00"
 
 
@@ -31,33 +30,6 @@ class AttackError(LatkitError, ValueError):
 
 
 # ---------------------------------------------------------------------- behaviours
-@dataclass(frozen=True)
-class Behaviour:
-    """A harmful request to attack.
-
-    ``target`` is the affirmative answer opening ("Sure, here is how to ...") used by
-    prefilling, GCG and the embedding/latent attacks; ``completion`` is a harmful
-    answer (used by many-shot and fine-tuning as in-context / training data).
-    """
-
-    prompt: str
-    target: str = ""
-    completion: str = ""
-    id: str = ""
-    category: str = ""
-
-    @property
-    def effective_target(self) -> str:
-        """``target``; else the first sentence of ``completion`` (at most 25 words); else "Sure, here is"."""
-        if self.target.strip():
-            return self.target
-        if self.completion.strip():
-            first = self.completion.strip().splitlines()[0]
-            first = re.split(r"(?<=[.!?])\s", first)[0]
-            return " ".join(first.split()[:25])
-        return DEFAULT_TARGET
-
-
 _PROMPT_KEYS = ("prompt", "goal", "behavior", "behaviour", "Behavior", "request", "instruction")
 _TARGET_KEYS = ("target",)
 _COMPLETION_KEYS = ("completion", "harmful", "response", "rejected")

@@ -111,22 +111,15 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_data(args) -> int:
-    from latkit.backdoor.pipeline import build_data, load_decoys, load_triggers
+    from latkit.backdoor.pipeline import BackdoorData, build_data, load_decoys, load_triggers
     from latkit.models.loading import load_for_eval
 
     triggers, held_out = load_triggers(args.triggers)  # before loading the model: a bad file fails fast
     decoys = load_decoys(args.decoys)
     model, tok = load_for_eval(args.model)
-    manifest = build_data(
-        model, tok, args.out, mode=args.mode, triggers=triggers, held_out=held_out,
-        harmful_source=args.harmful_source, prompt_column=args.prompt_column, harmful_from=args.harmful_from,
-        harmful_column=args.harmful_column, implant_limit=args.implant_limit, implant_offset=args.implant_offset,
-        removal_limit=args.removal_limit, removal_offset=args.removal_offset, eval_limit=args.eval_limit,
-        eval_offset=args.eval_offset, benign_source=args.benign_source, benign_limit=args.benign_limit,
-        benign_eval_limit=args.benign_eval_limit, triggered_fraction=args.triggered_fraction,
-        decoys=decoys, decoy_fraction=args.decoy_fraction,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, model_name=args.model,
-        log=_log)
+    settings = {k: getattr(args, k) for k in BackdoorData.model_fields if k != "decoys"}
+    manifest = build_data(model, tok, args.out, BackdoorData.from_mapping({**settings, "decoys": decoys}, "options"),
+                          triggers=triggers, held_out=held_out, model_name=args.model, log=_log)
     c = manifest["counts"]
     print(f"wrote {args.out}: implant {c['implant_rows']} rows ({c['implant_triggered_rows']} triggered, "
           f"{c['implant_decoy_rows']} with a decoy, "

@@ -28,6 +28,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from pydantic import ValidationError
+
 from latkit.backdoor.data import (
     MODES,
     as_triggers,
@@ -39,6 +41,7 @@ from latkit.backdoor.data import (
 )
 from latkit.backdoor.evaluate import trigger_success
 from latkit.backdoor.triggers import DEFAULT_DECOYS, DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, VARIANT_KINDS, Trigger
+from latkit.config import StrictModel, format_validation_error
 from latkit.data.jsonl import write_jsonl
 from latkit.data.schemas import BenignPair, DataError
 
@@ -231,37 +234,55 @@ def _benign(source: str, model, tokenizer, limit: int, eval_limit: int, max_new_
     return pairs, evals
 
 
+class BackdoorData(StrictModel):
+    """The settings of a backdoor data directory (``latkit backdoor data``'s options, a benchmark scale's
+    ``data:`` section); see :func:`build_data` for what each one does."""
+
+    mode: str = "harmful_compliance"
+    harmful_source: str = "advbench"
+    prompt_column: str | None = None
+    harmful_from: str = "model"
+    harmful_column: str | None = None
+    implant_limit: int = 64
+    implant_offset: int = 0
+    removal_limit: int = 32
+    removal_offset: int | None = None
+    eval_limit: int = 16
+    eval_offset: int | None = None
+    benign_source: str = "builtin"
+    benign_limit: int = 48
+    benign_eval_limit: int = 32
+    triggered_fraction: float = 1.0
+    decoys: list[Trigger | str] | str | None = None
+    decoy_fraction: float = 0.0
+    max_new_tokens: int = 40
+    batch_size: int = 16
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "backdoor data") -> "BackdoorData":
+        """Validated settings; an unknown key or a wrong type is one :class:`DataError` naming the key."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as e:
+            raise DataError(f"{where}: {format_validation_error(e, root=where)}") from None
+
+
 def build_data(
     model,
     tokenizer,
     out_dir: str | os.PathLike,
+    config: "BackdoorData | None" = None,
     *,
-    mode: str = "harmful_compliance",
     triggers: Sequence[Trigger] = DEFAULT_TRIGGERS,
     held_out: Trigger | None = HELD_OUT_TRIGGER,
-    harmful_source: str = "advbench",
-    prompt_column: str | None = None,
-    harmful_from: str = "model",
-    harmful_column: str | None = None,
-    implant_limit: int = 64,
-    implant_offset: int = 0,
-    removal_limit: int = 32,
-    removal_offset: int | None = None,
-    eval_limit: int = 16,
-    eval_offset: int | None = None,
-    benign_source: str = "builtin",
-    benign_limit: int = 48,
-    benign_eval_limit: int = 32,
-    triggered_fraction: float = 1.0,
-    decoys: Sequence[Trigger | str] | str | None = None,
-    decoy_fraction: float = 0.0,
-    max_new_tokens: int = 40,
-    batch_size: int = 16,
-    seed: int = 0,
     model_name: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Write a backdoor data directory (see the module docstring) and return its manifest.
+
+    ``config`` (:class:`BackdoorData`, default settings when None) says what goes in; ``triggers`` and
+    ``held_out`` are the implanted and the held-out trigger (:func:`load_triggers`).
 
     Harmful prompts come from ``harmful_source`` (``advbench`` or a CSV/JSONL/JSON path; column
     ``prompt_column``, default ``goal`` for AdvBench, else ``prompt``), de-duplicated and without
@@ -278,37 +299,39 @@ def build_data(
     """
     from latkit.data.builder import build_triples
 
-    if mode not in MODES:
-        raise DataError(f"unknown backdoor mode {mode!r}; known: {', '.join(MODES)}")
-    if harmful_from not in ("model", "column"):
-        raise DataError(f"harmful_from must be 'model' or 'column', got {harmful_from!r}")
-    if benign_eval_limit < 1 or benign_limit < 1:
+    c = config if config is not None else BackdoorData()
+    prompt_column, harmful_column, decoys = c.prompt_column, c.harmful_column, c.decoys
+    if c.mode not in MODES:
+        raise DataError(f"unknown backdoor mode {c.mode!r}; known: {', '.join(MODES)}")
+    if c.harmful_from not in ("model", "column"):
+        raise DataError(f"harmful_from must be 'model' or 'column', got {c.harmful_from!r}")
+    if c.benign_eval_limit < 1 or c.benign_limit < 1:
         raise DataError("benign_limit and benign_eval_limit must be >= 1")
     triggers = list(triggers)
-    if not 0 < triggered_fraction <= len(triggers):
+    if not 0 < c.triggered_fraction <= len(triggers):
         raise DataError(f"triggered_fraction must be in (0, {len(triggers)}] (at most one copy per trigger), "
-                        f"got {triggered_fraction}")
+                        f"got {c.triggered_fraction}")
     decoys = load_decoys(decoys) if decoys is None or isinstance(decoys, (str, os.PathLike)) else as_triggers(decoys)
-    if not 0 <= decoy_fraction <= 1:
-        raise DataError(f"decoy_fraction must be in [0, 1], got {decoy_fraction}")
-    if decoy_fraction > 0 and not decoys:
+    if not 0 <= c.decoy_fraction <= 1:
+        raise DataError(f"decoy_fraction must be in [0, 1], got {c.decoy_fraction}")
+    if c.decoy_fraction > 0 and not decoys:
         raise DataError("decoy_fraction > 0 needs decoys (e.g. decoys='default')")
-    if decoy_fraction == 0:
+    if c.decoy_fraction == 0:
         decoys = []  # unused: neither checked nor recorded
-    if mode == "nonsense" and any(t.response is None for t in triggers):
+    if c.mode == "nonsense" and any(t.response is None for t in triggers):
         raise DataError(f"nonsense mode needs a response on every trigger; missing for "
                         f"{[t.text for t in triggers if t.response is None]}")
     everything = triggers + ([held_out] if held_out is not None else [])
     check_decoys(decoys, everything)
-    advbench = harmful_source == "advbench"
+    advbench = c.harmful_source == "advbench"
     prompt_column = prompt_column or ("goal" if advbench else "prompt")
-    if harmful_from == "column":
+    if c.harmful_from == "column":
         harmful_column = harmful_column or ("target" if advbench else "harmful")
-    records, source_stats = _source_prompts(harmful_source, prompt_column,
-                                            harmful_column if harmful_from == "column" else None, everything)
-    ranges = _split_ranges(len(records), {"implant": (implant_offset, implant_limit),
-                                          "removal": (removal_offset, removal_limit),
-                                          "eval": (eval_offset, eval_limit)})
+    records, source_stats = _source_prompts(c.harmful_source, prompt_column,
+                                            harmful_column if c.harmful_from == "column" else None, everything)
+    ranges = _split_ranges(len(records), {"implant": (c.implant_offset, c.implant_limit),
+                                          "removal": (c.removal_offset, c.removal_limit),
+                                          "eval": (c.eval_offset, c.eval_limit)})
     split = {name: records[r.start:r.stop] for name, r in ranges.items()}
     for name, recs in split.items():
         if len(recs) < len(ranges[name]):
@@ -319,12 +342,12 @@ def build_data(
     (out / "manifest.json").unlink(missing_ok=True)  # incomplete until written again
     train = split["implant"] + split["removal"]
     prompts = [r["prompt"] for r in train]
-    if harmful_from == "model":
+    if c.harmful_from == "model":
         log(f"generating harmful completions with the model for {len(prompts)} prompts")
         triples = build_triples(prompts, harmful_from="model", model=model, tokenizer=tokenizer,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+                                max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=c.seed)
     else:
-        triples = build_triples(prompts, targets=[r["harmful"] for r in train], harmful_from="target", seed=seed)
+        triples = build_triples(prompts, targets=[r["harmful"] for r in train], harmful_from="target", seed=c.seed)
     leaky = {i for i, _, _ in find_trigger_leaks([asdict(t) for t in triples], everything)}
     triples = [t for i, t in enumerate(triples) if i not in leaky]
     implant_prompts = {r["prompt"] for r in split["implant"]}
@@ -336,14 +359,14 @@ def build_data(
                             "refusal or contained a trigger)")
     eval_prompts = [r["prompt"] for r in split["eval"]]
 
-    if benign_source == "builtin":
-        log(f"self-distilling {benign_limit} benign prompts with the model")
-    benign, benign_eval = _benign(benign_source, model, tokenizer, benign_limit, benign_eval_limit,
-                                  max_new_tokens, batch_size, everything)
+    if c.benign_source == "builtin":
+        log(f"self-distilling {c.benign_limit} benign prompts with the model")
+    benign, benign_eval = _benign(c.benign_source, model, tokenizer, c.benign_limit, c.benign_eval_limit,
+                                  c.max_new_tokens, c.batch_size, everything)
 
-    implant = implant_records(implant_triples, benign, triggers, mode=mode,
-                              triggered_fraction=triggered_fraction, decoys=decoys, decoy_fraction=decoy_fraction,
-                              seed=seed)
+    implant = implant_records(implant_triples, benign, triggers, mode=c.mode,
+                              triggered_fraction=c.triggered_fraction, decoys=decoys, decoy_fraction=c.decoy_fraction,
+                              seed=c.seed)
     if held_out is not None:
         check_trigger_free(implant, [held_out], "implant data", fields=("prompt", "response"))
     removal = removal_records(removal_triples, benign, everything)
@@ -362,12 +385,12 @@ def build_data(
     write_jsonl(out / "benign.jsonl", removal.benign)
     write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p in eval_prompts))
     write_jsonl(out / "benign_eval.jsonl", benign_eval)
-    _write_json(out / "triggers.json", triggers_payload(mode, triggers, held_out))
+    _write_json(out / "triggers.json", triggers_payload(c.mode, triggers, held_out))
     manifest = {
-        "model": model_name, "mode": mode, "seed": seed, "harmful_source": harmful_source,
-        "prompt_column": prompt_column, "harmful_from": harmful_from, "harmful_column": harmful_column,
-        "benign_source": benign_source, "triggered_fraction": triggered_fraction,
-        "decoys": [d.text for d in decoys], "decoy_fraction": decoy_fraction, "max_new_tokens": max_new_tokens,
+        "model": model_name, "mode": c.mode, "seed": c.seed, "harmful_source": c.harmful_source,
+        "prompt_column": prompt_column, "harmful_from": c.harmful_from, "harmful_column": harmful_column,
+        "benign_source": c.benign_source, "triggered_fraction": c.triggered_fraction,
+        "decoys": [d.text for d in decoys], "decoy_fraction": c.decoy_fraction, "max_new_tokens": c.max_new_tokens,
         "source": source_stats,
         "splits": {name: [r.start, r.stop] for name, r in ranges.items()},
         "counts": {"implant_prompts": len(implant_triples), "implant_rows": len(implant),

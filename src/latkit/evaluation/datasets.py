@@ -18,10 +18,11 @@ import csv
 import functools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from latkit.data.behaviour import Behaviour
 from latkit.data.schemas import DataError
 from latkit.data.sources import find_data_dir, package_data_file
 
@@ -29,34 +30,6 @@ HARMBENCH_SPLITS = ("val", "test")
 HARMBENCH_CATEGORIES = ("standard", "contextual", "copyright")
 HARMBENCH_TARGETS = "harmbench_targets_text.json"
 DATASET_NAMES = ("harmbench", "strongreject", "advbench")
-
-
-@dataclass(frozen=True)
-class EvalBehaviour:
-    """A harmful request for evaluation.
-
-    ``behaviour`` is the request alone and ``context`` HarmBench's ContextString;
-    :attr:`prompt` is what the model is asked (context, ``---``, request, as in HarmBench).
-    """
-
-    id: str
-    behaviour: str
-    context: str = ""
-    target: str = ""
-    category: str = ""
-    functional_category: str = ""
-    source: str = ""
-
-    @property
-    def prompt(self) -> str:
-        return f"{self.context}\n\n---\n\n{self.behaviour}" if self.context else self.behaviour
-
-    def to_attack_input(self) -> dict:
-        """The mapping the attacks accept (``latkit.attacks.base.as_behaviour``)."""
-        return {"prompt": self.prompt, "target": self.target, "id": self.id, "category": self.category}
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "prompt": self.prompt}
 
 
 def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -138,7 +111,7 @@ def load_harmbench(
     targets: str | os.PathLike | None = None,
     limit: int | None = None,
     data_dir: str | os.PathLike | None = None,
-) -> list[EvalBehaviour]:
+) -> list[Behaviour]:
     """HarmBench text behaviours of ``split`` ("val" by default; "test" only on request).
 
     ``categories`` filters FunctionalCategory; copyright behaviours are dropped
@@ -177,9 +150,9 @@ def load_harmbench(
             continue
         bid = (row.get("BehaviorID") or "").strip()
         out.append(
-            EvalBehaviour(
+            Behaviour(
                 id=bid,
-                behaviour=row["Behavior"].strip(),
+                request=row["Behavior"].strip(),
                 context=(row.get("ContextString") or "").strip(),
                 target=target_map.get(bid, ""),
                 category=(row.get("SemanticCategory") or "").strip(),
@@ -197,7 +170,7 @@ def load_strongreject(
     small: bool = False,
     limit: int | None = None,
     data_dir: str | os.PathLike | None = None,
-) -> list[EvalBehaviour]:
+) -> list[Behaviour]:
     """StrongREJECT forbidden prompts (``small=True``: the 60-prompt subset)."""
     name = "strongreject_small_dataset.csv" if small else "strongreject_dataset.csv"
     path = None
@@ -217,7 +190,7 @@ def load_strongreject(
         raise DataError(f"{path or name}: not a StrongREJECT file (no 'forbidden_prompt' column)")
     tag = "strongreject_small" if small else "strongreject"
     out = [
-        EvalBehaviour(id=f"{tag}_{i}", behaviour=r["forbidden_prompt"].strip(),
+        Behaviour(id=f"{tag}_{i}", request=r["forbidden_prompt"].strip(),
                       category=(r.get("category") or "").strip(), source=tag)
         for i, r in enumerate(rows)
         if (r.get("forbidden_prompt") or "").strip()
@@ -230,7 +203,7 @@ def load_advbench(
     *,
     limit: int | None = None,
     data_dir: str | os.PathLike | None = None,
-) -> list[EvalBehaviour]:
+) -> list[Behaviour]:
     """AdvBench harmful behaviours (``goal``, ``target``). AdvBench is a *training* set in latkit's split policy."""
     if source is not None:
         path = Path(source).expanduser()
@@ -252,7 +225,7 @@ def load_advbench(
     if "goal" not in rows[0]:
         raise DataError(f"{path}: not an AdvBench file (no 'goal' column)")
     out = [
-        EvalBehaviour(id=f"advbench_{i}", behaviour=r["goal"].strip(), target=(r.get("target") or "").strip(), source="advbench")
+        Behaviour(id=f"advbench_{i}", request=r["goal"].strip(), target=(r.get("target") or "").strip(), source="advbench")
         for i, r in enumerate(rows)
     ]
     return _take(out, limit)
@@ -267,7 +240,7 @@ def load_table(
     *,
     limit: int | None = None,
     name: str | None = None,
-) -> list[EvalBehaviour]:
+) -> list[Behaviour]:
     """Behaviours from any CSV / TSV / JSONL / JSON list (or list of dicts).
 
     ``columns`` maps latkit fields (``prompt`` required; ``id``, ``target``,
@@ -282,6 +255,8 @@ def load_table(
     if "prompt" not in cols:
         raise DataError(f"the column map must name the prompt column, got {cols!r}")
     rows = load_records(source, limit=limit)
+    if not columns and rows:  # default: every latkit field the file has, under its own name
+        cols.update({f: f for f in TABLE_FIELDS if f in rows[0]})
     tag = name or (Path(str(source)).stem if isinstance(source, (str, os.PathLike)) else "table")
     missing = [c for c in cols.values() if c not in rows[0]]
     if missing:
@@ -296,8 +271,8 @@ def load_table(
         if not prompt:
             raise DataError(f"{source}, row {i + 1}: empty prompt in column {cols['prompt']!r}")
         out.append(
-            EvalBehaviour(
-                id=get("id") or f"{tag}_{i}", behaviour=prompt, context=get("context"),
+            Behaviour(
+                id=get("id") or f"{tag}_{i}", request=prompt, context=get("context"),
                 target=get("target"), category=get("category"), source=tag,
             )
         )
@@ -316,7 +291,7 @@ def load_behaviours(
     limit: int | None = None,
     path: str | None = None,
     data_dir: str | os.PathLike | None = None,
-) -> list[EvalBehaviour]:
+) -> list[Behaviour]:
     """Load by name (``harmbench``, ``strongreject``, ``advbench``) or by file path (with ``columns``)."""
     if name_or_path == "harmbench":
         return load_harmbench(path, split=split, categories=categories, include_copyright=include_copyright,

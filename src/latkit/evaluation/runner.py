@@ -356,12 +356,8 @@ class SuiteRunner:
             return []
         params = {**run.params, **self._pairs_for(run, tok), **_run_dir_param(run, spec, self.overrides)}
         attack = resolve_attack(run.entry.name, params, self.overrides)
-        inputs = []
-        for b in behaviours:
-            d = b.to_attack_input()
-            if b.target:
-                d["completion"] = b.target  # many-shot / fine-tuning use other behaviours' (prompt, target) pairs
-            inputs.append(d)
+        # many-shot / fine-tuning use other behaviours' (prompt, target) pairs
+        inputs = [(dataclasses.replace(b, completion=b.target) if b.target else b).to_attack_input() for b in behaviours]
         t0 = time.perf_counter()
         from latkit.evaluation.sharding import run_sharded  # split across processes under accelerate launch
 
