@@ -13,7 +13,7 @@ import latkit.adversary.latent as latent
 from latkit.adversary import AdversaryConfig, LatentAdversary
 from latkit.data.collator import PromptCompletionCollator
 from latkit.models import precision
-from latkit.models.lora import LoraSettings, apply_lora
+from latkit.models.lora import LoraSettings, apply_lora, merged_lora
 from latkit.models.precision import CpuInfo, choose_precision, cpu_info, resolve_mixed_precision
 from latkit.objectives import TargetedObjective
 from latkit.testing import tiny_model
@@ -358,3 +358,93 @@ def test_benchmark_auto_switch_uses_the_detected_precision(monkeypatch):
         env = environment("cpu")["auto_precision"]
         assert env["mixed_precision"] == ("bf16" if fast else "no") and env["cpu"]["model"] == "mock"
     assert Spec.parse("latkit+bf16").uses_bf16("cpu") and not Spec.parse("latkit").uses_bf16("cpu")
+
+
+# ------------------------------------------------------------------------- frozen weights held per outer step
+def _run_bf16(tmp_path, name, monkeypatch=None, hold=True, **over):
+    from tests.test_trainer import tiny_recipe
+    from latkit.train import Trainer
+    from latkit.train import trainer as trainer_mod
+
+    r = tiny_recipe(**{"train.steps": 2, "train.mixed_precision": "bf16", **over})
+    t = Trainer(r, tmp_path / name, progress=False)
+    if not hold:
+        counts = []
+
+        def per_forward_casts(self):
+            counts.append(1)
+            return nullcontext()
+
+        monkeypatch.setattr(trainer_mod.Trainer, "_frozen_weights_held", per_forward_casts)
+    t.train()
+    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()][1:]
+    keep = [{k: v for k, v in row.items() if "loss" in k or k in ("grad_norm", "adv/delta_norm")} for row in rows]
+    return t, keep
+
+
+@pytest.mark.parametrize("merge", ["auto", False])
+def test_holding_frozen_weights_for_the_outer_step_changes_no_number(tmp_path, monkeypatch, fresh_accelerate_state,
+                                                                       merge):
+    """bf16 training with the frozen weights cast once per outer step equals training where autocast casts
+    them at every defender forward: the same trained weights and the same losses, bit for bit."""
+    from latkit.train import trainer as trainer_mod
+
+    held_counts, real = [], trainer_mod.frozen_weights_held
+
+    @__import__("contextlib").contextmanager
+    def spy(*a, **k):
+        with real(*a, **k) as n:
+            held_counts.append(n)
+            yield n
+
+    monkeypatch.setattr(trainer_mod, "frozen_weights_held", spy)
+    held, m_held = _run_bf16(tmp_path, "held", **{"adversary.merge_lora": merge})
+    assert len(held_counts) == 2
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    plain, m_plain = _run_bf16(tmp_path, "plain", monkeypatch, hold=False, **{"adversary.merge_lora": merge})
+    assert m_held == m_plain and m_held and all(any("loss" in k for k in row) for row in m_held)
+    assert held_counts and all(n > 0 for n in held_counts)  # the base linears really were held, every step
+    a, b = dict(held.inner.named_parameters()), dict(plain.inner.named_parameters())
+    assert a.keys() == b.keys()
+    for n in a:
+        assert a[n].dtype == torch.float32 and torch.equal(a[n], b[n]), n  # masters fp32, identical
+
+
+def test_frozen_weights_held_casts_only_frozen_fp32_linears_and_restores_on_error():
+    model, _ = _lora_model(layers=2)
+    before = {n: p for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError), precision.frozen_weights_held(model, torch.bfloat16, "cpu") as n:
+        now = dict(model.named_parameters())
+        held = [k for k in now if now[k] is not before[k]]
+        assert n == len(held) > 0
+        assert all("lora_" not in k and now[k].dtype == torch.bfloat16 for k in held)  # trainable LoRA left fp32
+        assert all(torch.equal(now[k], before[k].to(torch.bfloat16)) for k in held)
+        assert all(precision.held_master(now[k]) is before[k] for k in held)
+        assert all(now[k].dtype == torch.float32 for k in now if "lora_" in k)
+        raise RuntimeError("boom")
+    assert all(p is before[n] for n, p in model.named_parameters())
+
+
+def test_merged_lora_inside_held_weights_replaces_the_held_copy_and_restores_it(triples):
+    model, tok = _trained_lora_model(layers=2)
+    batch = _batch(tok, triples)
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16), precision.frozen_weights_held(model, torch.bfloat16, "cpu"), \
+            latent.frozen_parameters(model):
+        base = {n: p for n, p in model.named_parameters() if "base_layer.weight" in n}
+        assert base and all(p.dtype == torch.bfloat16 for p in base.values())
+        with merged_lora(model, torch.bfloat16, only_when_casting=True) as merged:
+            assert merged == len(base)  # merged although the held copy already is bf16: it is not a master
+            inside = dict(model.named_parameters())
+            assert all(inside[n] is not base[n] for n in base)  # the held copy was replaced, not kept beside
+        after = dict(model.named_parameters())
+        for n, p in base.items():
+            assert after[n].dtype == torch.bfloat16 and torch.equal(after[n], p)
+            assert precision.held_master(after[n]) is precision.held_master(p)
+        with torch.no_grad():
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.allclose(out, ref, atol=0.1, rtol=0.05)

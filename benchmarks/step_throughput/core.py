@@ -12,6 +12,7 @@ import torch
 
 from latkit.adversary import AdversaryConfig, LatentAdversary, perturb, project
 from latkit.models.adapter import ModelAdapter
+from latkit.models.precision import frozen_weights_held
 from latkit.objectives import TargetedObjective, DefenderLosses, benign_losses, harmful_losses
 from latkit.objectives.losses import cross_entropy, unlikelihood
 
@@ -139,16 +140,18 @@ class Spec:
     compile: bool = False  # torch.compile of the decoder blocks' forward
     merge: bool = False  # adversary.merge_lora: true (merged LoRA in the attack whatever the precision)
     nomerge: bool = False  # adversary.merge_lora: false (default ``auto`` merges under autocast only)
+    nohold: bool = False  # under bf16: frozen weights re-cast at every defender forward (the trainer holds them
+    #                       cast for the whole outer step, latkit.models.precision.frozen_weights_held)
 
     @classmethod
     def parse(cls, text: str) -> "Spec":
         parts = [p.strip() for p in text.split("+") if p.strip()]
         if not parts or parts[0] not in ("reference", "latkit"):
             raise SystemExit(f"bad config {text!r}: start with 'reference' or 'latkit', then +prefix, +share, "
-                             "+sign, +bf16, +auto, +eager, +ckpt, +compile, +merge, +nomerge")
+                             "+sign, +bf16, +auto, +eager, +ckpt, +compile, +merge, +nomerge, +nohold")
         kw = {"mode": parts[0]}
         for p in parts[1:]:
-            if p in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile", "merge", "nomerge"):
+            if p in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile", "merge", "nomerge", "nohold"):
                 kw[p] = True
             elif p in ("eager", "sdpa"):
                 kw["attn"] = p
@@ -172,7 +175,7 @@ class Spec:
     @property
     def name(self) -> str:
         out = [self.mode] + [k for k in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile", "merge",
-                                          "nomerge") if getattr(self, k)]
+                                          "nomerge", "nohold") if getattr(self, k)]
         if self.attn != "sdpa":
             out.append(self.attn)
         return "+".join(out)
@@ -353,24 +356,29 @@ def latkit_step(w: Workload, spec: Spec, probe: Probe, generator=None):
     adversary = LatentAdversary(model, cfg, w.adapter)
     opt = w.optimizer(spec.name)
     probe.begin("adversary")
-    # the trainer attacks in eval mode; HF checkpoints blocks only in training mode, so +ckpt attacks in train
-    # mode (no dropout in these models / LoRA dropout 0: same function)
-    model.train() if spec.ckpt else model.eval()
-    with autocast(spec, w.device):
-        pert = adversary.attack(w.harmful, w.objective, generator)
-    probe.end("adversary")
-    probe.begin("defender")
-    model.train()
-    for _ in range(w.defender_steps):
+    held = nullcontext()
+    if spec.uses_bf16(w.device) and not spec.nohold:  # as the trainer: frozen weights cast once per outer step
+        held = frozen_weights_held(model, torch.bfloat16, w.device)
+    with held:
+        # the trainer attacks in eval mode; HF checkpoints blocks only in training mode, so +ckpt attacks in train
+        # mode (no dropout in these models / LoRA dropout 0: same function)
+        model.train() if spec.ckpt else model.eval()
         with autocast(spec, w.device):
-            h_loss, _, _, _ = harmful_losses(model, w.harmful, w.defender, lambda rows: adversary.apply(pert, rows))
-            b_loss, _ = benign_losses(model, w.benign, w.defender)
-            loss = h_loss + b_loss
-        loss.backward()
-        if w.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], w.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            pert = adversary.attack(w.harmful, w.objective, generator)
+        probe.end("adversary")
+        probe.begin("defender")
+        model.train()
+        for _ in range(w.defender_steps):
+            with autocast(spec, w.device):
+                h_loss, _, _, _ = harmful_losses(model, w.harmful, w.defender,
+                                                 lambda rows: adversary.apply(pert, rows))
+                b_loss, _ = benign_losses(model, w.benign, w.defender)
+                loss = h_loss + b_loss
+            loss.backward()
+            if w.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], w.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     probe.end("defender")
     return pert
 

@@ -13,6 +13,7 @@ from latkit.adversary.prefix import cached_prefix
 from latkit.models.adapter import ModelAdapter
 from latkit.models.hooks import record
 from latkit.models.lora import merged_lora
+from latkit.models.precision import frozen_weights_held, fsdp_managed
 from latkit.objectives.forward import forward_logits, forward_logits_packed, pack_shared_prompt
 
 
@@ -34,47 +35,16 @@ def frozen_parameters(model):
             p.requires_grad_(True)
 
 
-def _fsdp_managed(model) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in model.modules())
-
-
 @contextmanager
 def autocast_weights(model, device_type: str):
-    """Under autocast, hold the frozen ``nn.Linear`` weights in the autocast dtype while active.
-
-    Autocast casts a linear layer's fp32 weight (and bias) to bf16 at *every* forward and caches
-    the cast only for leaves that require grad, so with the parameters frozen for the attack each
-    PGD step re-casts the whole model: for a small model on CPU that costs more than the step's
-    matmuls. Here the casts are done once per attack; the forward computes exactly what autocast
-    computes (the same round-to-nearest cast of the same fp32 values). The fp32 master weights are
-    put back on exit; nothing is written to them. A no-op without autocast, for weights that
-    require grad or are not fp32 (e.g. bf16 weights on GPU), and for an FSDP2 model: FSDP owns its
-    modules' parameter slots (it swaps sharded and unsharded parameters in them at every forward),
-    so a swap here would leave the defender's forward on frozen copies (no gradient).
-    """
-    if not torch.is_autocast_enabled(device_type) or _fsdp_managed(model):
+    """Under autocast, the frozen ``nn.Linear`` weights held in the autocast dtype while active
+    (:func:`latkit.models.precision.frozen_weights_held`): cast once per attack rather than at every PGD
+    forward. A no-op without autocast."""
+    if not torch.is_autocast_enabled(device_type):
         yield
         return
-    dtype = torch.get_autocast_dtype(device_type)
-    swapped = []
-    try:
-        for module in model.modules():
-            if not isinstance(module, torch.nn.Linear):
-                continue
-            for name in ("weight", "bias"):
-                p = module._parameters.get(name)
-                if p is None or p.requires_grad or p.dtype != torch.float32 or p.device.type != device_type:
-                    continue
-                swapped.append((module, name, p))
-                module._parameters[name] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+    with frozen_weights_held(model, torch.get_autocast_dtype(device_type), device_type):
         yield
-    finally:
-        for module, name, p in reversed(swapped):
-            module._parameters[name] = p
 
 
 class _autocast_off:
@@ -265,7 +235,7 @@ class LatentAdversary:
     def _merged_lora(self, device_type: str):
         """LoRA layers merged for the attack as ``config.merge_lora`` says (in the autocast dtype when on)."""
         setting = self.config.merge_lora
-        if setting is False or _fsdp_managed(self.model):  # FSDP2 owns the parameter slots (autocast_weights)
+        if setting is False or fsdp_managed(self.model):  # FSDP2 owns the parameter slots (autocast_weights)
             return nullcontext()
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
         return merged_lora(self.model, dtype, only_when_casting=setting == "auto")

@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from latkit.models.precision import held_master
+
 
 class LoraSettings(BaseModel):
     """PEFT LoRA settings; ``target_modules="all-linear"`` = every linear layer of the decoder (not the LM head)."""
@@ -116,19 +118,26 @@ def merged_lora(model, dtype: torch.dtype | None = None, *, only_when_casting: b
                 continue
             base = module.get_base_layer()
             w = base.weight
-            if only_when_casting and (dtype is None or w.dtype == dtype):
+            master = held_master(w)  # a copy held cast for the outer step: merge from its master, replacing it
+            if only_when_casting and (dtype is None or (w.dtype == dtype and master is None)):
                 continue
             with torch.no_grad():
-                merged = w.detach().float()
+                merged = (master if master is not None else w).detach().float()
                 for a in module.active_adapters:
                     if a in module.lora_A:
                         merged = merged + module.get_delta_weight(a).float()
                 merged = merged.to(dtype or w.dtype)
-            swapped.append((module, base, w, module._disable_adapters))
+            # a held copy is dropped meanwhile (re-cast from its master on exit), so merging costs no memory
+            swapped.append((module, base, (master, w.dtype) if master is not None else w, module._disable_adapters))
             base._parameters["weight"] = torch.nn.Parameter(merged, requires_grad=False)
+            del w
             module._disable_adapters = True
         yield len(swapped)
     finally:
         for module, base, w, flag in reversed(swapped):
+            if isinstance(w, tuple):
+                master, held_dtype = w
+                w = torch.nn.Parameter(master.detach().to(held_dtype), requires_grad=False)
+                w._latkit_master = master
             base._parameters["weight"] = w
             module._disable_adapters = flag

@@ -13,6 +13,7 @@ saying the CPU has AMX-BF16 or AVX512-BF16 is enough.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -127,5 +128,57 @@ def resolve_mixed_precision(setting: str, device: str | torch.device | None = No
     return choice.mixed_precision
 
 
-__all__ = ["BF16_CPU_FLAGS", "CpuInfo", "PrecisionChoice", "choose_precision", "cpu_info",
-           "resolve_mixed_precision"]
+# ------------------------------------------------------------------------------ frozen weights held cast
+def fsdp_managed(model) -> bool:
+    """Whether FSDP2 manages (some of) ``model``: it owns those modules' parameter slots."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def held_master(param: torch.Tensor) -> torch.Tensor | None:
+    """The fp32 master of a weight that :func:`frozen_weights_held` holds cast, else None."""
+    return getattr(param, "_latkit_master", None)
+
+
+@contextmanager
+def frozen_weights_held(model, dtype: torch.dtype, device_type: str):
+    """While active, each frozen fp32 ``nn.Linear`` weight and bias on ``device_type`` is held as a
+    ``dtype`` copy in its module's parameter slot.
+
+    Under autocast a linear layer casts its fp32 weight to bf16 at *every* forward and caches the cast
+    only for leaves that require grad, so frozen weights (the base model under LoRA, everything during
+    the adversary's PGD steps) are re-cast at every forward: for a small model on CPU that costs more
+    than the forward's matmuls. Held here, they are cast once; the forward computes exactly what
+    autocast computes (the same round-to-nearest cast of the same fp32 values), and memory at the peak
+    is what autocast holds anyway (its casts are saved for the backward). Trainable weights, weights
+    that are not fp32 (e.g. bf16 on GPU) and FSDP2-managed models (FSDP swaps sharded and unsharded
+    parameters in those slots at every forward) are left as they are. Nothing is written to the fp32
+    masters; they are put back on exit, also on error. Every forward inside must run under autocast.
+    Re-entrant: inside, the held copies are no longer fp32, so a nested call holds only what became
+    frozen since (e.g. the LoRA weights, frozen for the attack).
+    """
+    swapped = []
+    try:
+        if not fsdp_managed(model):
+            for module in model.modules():
+                if not isinstance(module, torch.nn.Linear):
+                    continue
+                for name in ("weight", "bias"):
+                    p = module._parameters.get(name)
+                    if p is None or p.requires_grad or p.dtype != torch.float32 or p.device.type != device_type:
+                        continue
+                    held = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                    held._latkit_master = p
+                    swapped.append((module, name, p))
+                    module._parameters[name] = held
+        yield len(swapped)
+    finally:
+        for module, name, p in reversed(swapped):
+            module._parameters[name] = p
+
+
+__all__ = ["BF16_CPU_FLAGS", "CpuInfo", "PrecisionChoice", "choose_precision", "cpu_info", "frozen_weights_held",
+           "fsdp_managed", "held_master", "resolve_mixed_precision"]

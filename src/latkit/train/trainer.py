@@ -26,6 +26,7 @@ from latkit.adversary.latent import LatentAdversary
 from latkit.errors import LatkitError
 from latkit.models.adapter import ModelAdapter
 from latkit.models.lora import apply_lora, is_peft, trainable_parameters
+from latkit.models.precision import frozen_weights_held
 from latkit.train.compute import LayerTokenMeter
 from latkit.train.checkpoint import (
     atomic_write_text,
@@ -426,14 +427,28 @@ class Trainer:
             return self._train_step()
 
     def _train_step(self) -> dict:
-        r, acc = self.recipe, self.accelerator
         t0 = time.perf_counter()
         self.meter.reset()
         self.meter.phase = "adversary"
         metrics: dict[str, float] = {}
-        sums: dict[str, float] = {}
         self._adversary_mode()
         micro = self._micro_batches(metrics)  # with r2d2, GCG runs here: adversary compute
+        with self._frozen_weights_held():
+            return self._attack_and_defend(micro, metrics, t0)
+
+    def _frozen_weights_held(self):
+        """Under mixed precision, the frozen weights held cast for the attack and the defender's steps
+        (:func:`latkit.models.precision.frozen_weights_held`: cast once per outer step instead of at
+        every forward; the same numbers)."""
+        acc = self.accelerator
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(acc.mixed_precision))
+        if dtype is None:
+            return nullcontext()
+        return frozen_weights_held(self.model, dtype, acc.device.type)
+
+    def _attack_and_defend(self, micro, metrics: dict, t0: float) -> dict:
+        r, acc = self.recipe, self.accelerator
+        sums: dict[str, float] = {}
         self._before_attack(micro)
         perts = [self._attack(hb) for hb, _ in micro]
         t1 = time.perf_counter()
