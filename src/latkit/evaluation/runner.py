@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE, GENERATIONS_FILE, REPORT_FILE = "results.json", "generations.jsonl", "report.html"
 
+#: attacks whose answers ``generation.backend: vllm`` generates with vLLM: text prompts to the evaluated model
+#: as loaded. The others generate with the HF model: they hook it (latent, refusal_direction), feed it
+#: embeddings (embedding) or exact optimised ids one at a time (gcg), or fine-tune a copy (finetune).
+VLLM_ATTACKS = frozenset({"direct", "prefill", "templates", "many_shot"})
+
 
 # --------------------------------------------------------------------------- models
 @dataclass
@@ -110,7 +115,7 @@ def _attack_params(entry: AttackEntry, gen: GenerationConfig, overrides) -> dict
         cls = ATTACKS.get(entry.name)
         if cls is not None and dataclasses.is_dataclass(cls.config_class):
             fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    for k, v in gen.model_dump().items():
+    for k, v in gen.model_dump(exclude=set(GenerationConfig.ENGINE_KEYS)).items():
         if k not in params and (fields is None or k in fields):
             params[k] = v
     return params
@@ -313,6 +318,7 @@ class SuiteRunner:
             model, tok = self._load(spec.source)
         model = self._to_device(model)
         model.eval()
+        self._engine = self._generation_engine(spec, model, tok)
         info = {"label": spec.label, "source": spec.source or None, "metrics": spec.metrics,
                 "peft": callable(getattr(model, "disable_adapter", None)),
                 "class": type(model).__name__}
@@ -339,6 +345,7 @@ class SuiteRunner:
             results["agreement"][spec.label] = pairwise_agreement(all_verdicts)
         results["utility"][spec.label] = self._utility(model, tok, spec, gen_file)
         info["seconds"] = round(time.perf_counter() - t0, 2)
+        self._engine = None  # the vLLM engine (its GPU memory) goes with its model
         if spec.model is None:  # we loaded it: free it before the next model
             del model
             gc.collect()
@@ -349,6 +356,18 @@ class SuiteRunner:
                     torch.cuda.empty_cache()
             except Exception:  # pragma: no cover - best effort
                 pass
+
+    def _generation_engine(self, spec: ModelSpec, model, tok):
+        """The vLLM engine for this model under ``generation.backend: vllm`` (else None)."""
+        gen = self.suite.generation
+        if gen.backend != "vllm":
+            return None
+        from latkit.models.vllm_engine import VLLMError, VLLMGenerator
+
+        try:
+            return VLLMGenerator(spec.source, tok, model, seed=0, **gen.vllm)
+        except VLLMError as e:
+            raise SuiteError(str(e)) from None
 
     def _pairs_for(self, run: _Run, tok=None) -> dict:
         cfg = run.entry.pairs_from
@@ -402,7 +421,14 @@ class SuiteRunner:
         t0 = time.perf_counter()
         from latkit.evaluation.sharding import run_sharded  # split across processes under accelerate launch
 
-        outputs = run_sharded(run.entry.name, lambda xs: attack.run(model, tok, xs), inputs)
+        engine = getattr(self, "_engine", None) if run.entry.name in VLLM_ATTACKS else None
+        from latkit.models.generate import generation_backend
+
+        def attack_run(xs):
+            with generation_backend(engine):
+                return attack.run(model, tok, xs)
+
+        outputs = run_sharded(run.entry.name, attack_run, inputs)
         wall = time.perf_counter() - t0
         by_id = {b.id: b for b in behaviours}
         by_prompt = {b.prompt: b for b in behaviours}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
@@ -34,6 +34,14 @@ class GenerationConfig(_Strict):
     max_new_tokens: PositiveInt = 128
     batch_size: PositiveInt = 8
     system: str | None = None
+    #: ``vllm``: the attacks in :data:`latkit.evaluation.runner.VLLM_ATTACKS` generate with vLLM (one engine per
+    #: model; needs the ``vllm`` extra and a CUDA GPU); the others, and utility metrics, keep the HF path
+    backend: Literal["hf", "vllm"] = "hf"
+    #: keyword arguments for ``vllm.LLM`` (e.g. ``gpu_memory_utilization``, ``max_model_len``, ``dtype``)
+    vllm: dict[str, Any] = {}
+
+    #: the keys that configure the generation engine, not an attack
+    ENGINE_KEYS: ClassVar[frozenset] = frozenset({"backend", "vllm"})
 
 
 class DatasetConfig(_Strict):

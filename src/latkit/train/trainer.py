@@ -41,7 +41,7 @@ from latkit.train.checkpoint import (
     verify_checkpoint,
 )
 from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
-                                      fully_shard_model, is_sharded)
+                                      fully_shard_model, gradient_sync, is_sharded)
 from latkit.train.recipe import Recipe, data_fingerprint
 from latkit.train.sampler import IndexStream
 
@@ -539,7 +539,7 @@ class Trainer:
         for it in range(r.train.defender_steps):
             for i, ((hb, bb), pert) in enumerate(zip(micro, perts)):
                 sync = i == n_acc - 1
-                ctx = nullcontext() if sync else acc.no_sync(self.model)
+                ctx = gradient_sync(acc, self.model, sync)  # FSDP2 too: one reduce-scatter per step
                 with ctx, acc.autocast():
                     def under(rows, _p=pert):
                         return self.adversary.apply(_p, rows) if _p is not None else nullcontext()
