@@ -11,7 +11,10 @@ Writes ``generations.jsonl``-shaped rows (``behaviour``, ``prompt``, ``prefill``
   answers to AdvBench requests (prefill + continuation as the completion), then asked StrongREJECT-small
   and HarmBench-val requests directly — requests it never trained on;
 * ``benign``: held-out (``split: eval``) benign prompts answered in one sentence (48 tokens) and at
-  length (128 tokens): correct short answers and answers of varying length.
+  length (128 tokens): correct short answers and answers of varying length;
+* ``forms``: AdvBench requests for a piece of writing (email, letter, article, post, review, …) not yet
+  labelled, half with a prefill that opens the form itself ("Subject:", "Dear", a title) and half
+  asked directly, sampled at temperature 0.7 (greedy decoding of a 135M model loops) for 160 tokens.
 
 Only AdvBench, HarmBench *val* and StrongREJECT requests are used; never HarmBench test.
 """
@@ -21,6 +24,7 @@ import argparse
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 from latkit.judges.calibration import write_jsonl
@@ -58,10 +62,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.judge_calibration.candidates")
     p.add_argument("out")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--stage", default="all", choices=["prefill", "finetune", "benign", "all"])
+    p.add_argument("--stage", default="all", choices=["prefill", "finetune", "benign", "forms", "all"])
     p.add_argument("--n-advbench", type=int, default=60)
     p.add_argument("--finetune-steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-forms", type=int, default=90)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     import torch
@@ -113,7 +118,39 @@ def main(argv=None) -> int:
         a2 = generate(model, tok, long_, max_new_tokens=128, batch_size=bs, progress=True)
         write_jsonl(out / "benign.jsonl", [_row(q, a, "benign", "benign_short") for q, a in zip(short, a1)]
                     + [_row(q, a, "benign", "benign") for q, a in zip(long_, a2)])
+    if args.stage in ("forms", "all"):
+        pool = [(q, t) for q, t in _advbench(data) if q.strip() not in seen and q not in {a for a, _ in adv}
+                and _FORM.search(q)]
+        rng.shuffle(pool)
+        pool = pool[: args.n_forms]
+        half = len(pool) // 2
+        pre_q, direct_q = pool[:half], pool[half:]
+        prefills = [t.rstrip(" .:") + ":\n\n" + _opener(q) for q, t in pre_q]
+        a1 = generate(model, tok, [q for q, _ in pre_q], max_new_tokens=160, batch_size=bs, prefills=prefills,
+                      do_sample=True, temperature=0.7, progress=True)
+        a2 = generate(model, tok, [q for q, _ in direct_q], max_new_tokens=160, batch_size=bs, do_sample=True,
+                      temperature=0.7, progress=True)
+        write_jsonl(out / "forms.jsonl", [_row(q, a, "attack", "prefill_form_t0.7", pre) for (q, _), pre, a in zip(pre_q, prefills, a1)]
+                    + [_row(q, a, "attack", "direct_t0.7") for (q, _), a in zip(direct_q, a2)])
     return 0
+
+
+#: Requests for a piece of writing, and the opening of that form (the attacker's prefill ends with it).
+_FORM = re.compile(r"\b(email|letter|article|news|blog|post|review|speech|tweet|message|story|poem|song|lyrics|"
+                   r"social media|propaganda|phishing|fake)\b", re.IGNORECASE)
+
+
+def _opener(request: str) -> str:
+    q = request.lower()
+    if "email" in q or "phishing" in q:
+        return "Subject:"
+    if "letter" in q:
+        return "Dear"
+    if any(w in q for w in ("article", "news", "blog", "story", "speech")):
+        return "Title:"
+    if "review" in q:
+        return "Rating:"
+    return ""
 
 
 if __name__ == "__main__":
