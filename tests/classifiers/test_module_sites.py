@@ -59,3 +59,25 @@ def test_encoder_layer_site_tuple_or_modeloutput():
         out = net(input_ids=ids).logits
     assert out.shape == clean.shape and not torch.allclose(out, clean)
     torch.testing.assert_close(net(input_ids=ids).logits, clean)
+
+
+@pytest.mark.parametrize("kind", ["l2", "linf"])
+def test_pgd_whole_raises_loss_within_ball(kind):
+    from latkit.adversary.modules import pgd_whole
+
+    torch.manual_seed(0)
+    net, x, y = TinyCNN(), torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    sites = ModuleSites(net)
+    ce = nn.functional.cross_entropy
+
+    def neg_ce(d):  # the adversary minimises; untargeted = maximise the task loss
+        with perturb(sites, d, None):
+            return -ce(net(x), y)
+
+    eps = 0.5
+    out = pgd_whole({"layer1": torch.zeros(4, 4, 8, 8)}, neg_ce, kind=kind, eps=eps, step_size=0.2, steps=5)
+    d = out["layer1"]
+    size = d.flatten(1).norm(dim=1) if kind == "l2" else d.flatten(1).abs().amax(1)
+    assert (size <= eps + 1e-5).all()
+    with torch.no_grad():
+        assert -neg_ce(out) > ce(net(x), y)
