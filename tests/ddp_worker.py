@@ -17,7 +17,7 @@ t.train()
 rank = t.accelerator.process_index
 assert t.accelerator.num_processes == 2, t.accelerator.num_processes
 # which examples this rank saw: the two ranks must take disjoint shards
-first = t.harmful_stream
+first = t.task.harmful_stream
 first.consumed = 0
 seen = first.next()
 torch.save({"seen": seen, "world": t.accelerator.num_processes}, out / f"rank{rank}-meta.pt")

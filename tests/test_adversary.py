@@ -5,7 +5,7 @@ from latkit.adversary import AdversaryConfig, LatentAdversary, perturb, project,
 from latkit.adversary.constraints import active_fraction, token_norms
 from latkit.data.collator import PromptCompletionCollator
 from latkit.models.adapter import ModelAdapter
-from latkit.objectives import AdversaryObjective, cross_entropy
+from latkit.objectives import TargetedObjective, UntargetedObjective, cross_entropy
 from latkit.objectives.forward import forward_logits
 from latkit.testing import tiny_model
 
@@ -87,7 +87,7 @@ def test_each_optimizer_lowers_loss_within_constraint(setup, optimizer, constrai
     cfg = AdversaryConfig(sites=["embed", "layer.1"], epsilon=eps, constraint=constraint,
                           optimizer=optimizer, step_size=0.05, steps=8)
     adv = LatentAdversary(model, cfg)
-    p = adv.attack(batch, AdversaryObjective(), final_eval=True)
+    p = adv.attack(batch, TargetedObjective(), final_eval=True)
     assert p.stats["loss_after"] < p.stats["loss_before"] - 1e-3
     ex = adv.example_mask(p.row_mask, 2)
     for site, d in p.deltas.items():
@@ -108,7 +108,7 @@ def test_targeted_attack_raises_harmful_probability_and_lowers_refusal(setup):
     # a random tiny model has tiny logit sensitivity: a large ball, perturbing every position
     adv = LatentAdversary(model, AdversaryConfig(sites=["layer.1"], epsilon=40.0, optimizer="adam",
                                                  step_size=1.0, steps=15, positions="all"))
-    p = adv.attack(batch, AdversaryObjective(kind="targeted", toward=1.0, away=1.0))
+    p = adv.attack(batch, TargetedObjective(toward=1.0, away=1.0))
     with torch.no_grad():
         logits, off = forward_logits(model, batch)
         clean_h = cross_entropy(logits[:B], batch["input_ids"][:B], batch["completion_mask"][:B], off)
@@ -124,7 +124,7 @@ def test_targeted_attack_raises_harmful_probability_and_lowers_refusal(setup):
 def test_untargeted_attack_raises_desirable_loss(setup):
     model, _, batch = setup
     adv = LatentAdversary(model, AdversaryConfig(sites=["layer.1"], epsilon=4.0, steps=8, step_size=0.1))
-    p = adv.attack(batch, AdversaryObjective(kind="untargeted"), final_eval=True)
+    p = adv.attack(batch, UntargetedObjective(), final_eval=True)
     assert p.stats["desirable_ce_after"] > p.stats["desirable_ce_before"] + 1e-3
 
 
@@ -141,7 +141,7 @@ def test_positions_completion_and_all(setup):
     model, _, batch = setup
     for pos, key in [("completion", "completion_mask"), ("all", "attention_mask")]:
         adv = LatentAdversary(model, AdversaryConfig(sites=["layer.0"], epsilon=2.0, steps=2, positions=pos))
-        p = adv.attack(batch, AdversaryObjective())
+        p = adv.attack(batch, TargetedObjective())
         assert torch.equal(p.row_mask, batch[key].bool())
 
 
@@ -150,7 +150,7 @@ def test_clamp_to_clean_range(setup):
     a = ModelAdapter.from_model(model)
     adv = LatentAdversary(model, AdversaryConfig(sites=["layer.0"], epsilon=50.0, steps=3, step_size=2.0,
                                                  clamp_to_clean_range=True, optimizer="sign"), a)
-    p = adv.attack(batch, AdversaryObjective())
+    p = adv.attack(batch, TargetedObjective())
     lo, hi = p.clamp["layer.0"]
     with adv.apply(p):
         acts = _acts(model, a, batch, ["layer.0"])["layer.0"]
@@ -208,7 +208,7 @@ def test_perturbation_is_exact_on_every_family(family, triples):
     expect = clean["embed"] + d["embed"].repeat(2, 1, 1) * batch["prompt_mask"].unsqueeze(-1)
     assert torch.allclose(store["embed"], expect, atol=1e-5)
     p = LatentAdversary(model, AdversaryConfig(sites=["layer.1"], epsilon=2.0, steps=3)).attack(
-        batch, AdversaryObjective(), final_eval=True)
+        batch, TargetedObjective(), final_eval=True)
     assert p.stats["loss_after"] < p.stats["loss_before"]
 
 
@@ -223,7 +223,7 @@ def test_attack_freezes_trainable_parameters_and_restores_them(setup):
     h = a.layers[0].register_forward_hook(
         lambda m, i, o: seen.append(any(p.requires_grad for p in peft.parameters())))
     try:
-        LatentAdversary(peft, AdversaryConfig(sites=["layer.1"], steps=2)).attack(batch, AdversaryObjective())
+        LatentAdversary(peft, AdversaryConfig(sites=["layer.1"], steps=2)).attack(batch, TargetedObjective())
     finally:
         h.remove()
     assert seen and not any(seen)  # frozen during the inner loop

@@ -11,7 +11,7 @@ from latkit.adversary import AdversaryConfig, LatentAdversary, perturb
 from latkit.adversary.prefix import cached_prefix
 from latkit.data.collator import PromptCompletionCollator
 from latkit.models.adapter import ModelAdapter
-from latkit.objectives import AdversaryObjective
+from latkit.objectives import TargetedObjective
 from latkit.objectives.forward import forward_logits, forward_logits_packed, pack_shared_prompt
 from latkit.testing import tiny_model
 
@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "gemma3", "gpt_neox", "phi3"]
-OBJ = AdversaryObjective(kind="targeted", toward=1.0, away=1.0)
+OBJ = TargetedObjective(toward=1.0, away=1.0)
 
 
 def _batch(tok, triples, padding="right"):

@@ -15,14 +15,14 @@ from latkit.data.collator import PromptCompletionCollator
 from latkit.models import precision
 from latkit.models.lora import LoraSettings, apply_lora
 from latkit.models.precision import CpuInfo, choose_precision, cpu_info, resolve_mixed_precision
-from latkit.objectives import AdversaryObjective
+from latkit.objectives import TargetedObjective
 from latkit.testing import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-OBJ = AdversaryObjective(kind="targeted", toward=1.0, away=1.0)
+OBJ = TargetedObjective(toward=1.0, away=1.0)
 AMX = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 AVX2 = "flags\t\t: fpu sse2 avx avx2 fma\n"
 
@@ -68,7 +68,8 @@ def test_resolve_mixed_precision_logs_the_choice_and_passes_explicit_settings(ca
     assert resolve_mixed_precision("bf16", "cpu", CpuInfo("EPYC", "AVX2", ())) == "bf16"
 
 
-def test_this_machine_gets_what_its_cpu_has():
+def test_this_machine_gets_what_its_cpu_has(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_info", cpu_info)  # the real detection (conftest pins tests to fp32)
     info = cpu_info()
     expected = "bf16" if info.fast_bf16 else "no"
     assert choose_precision("cpu").mixed_precision == expected
@@ -163,14 +164,14 @@ def test_bf16_attack_keeps_delta_its_adam_state_and_lora_weights_fp32(triples, m
 def test_weights_cast_once_per_attack_compute_exactly_what_autocast_computes(triples, monkeypatch):
     model, tok = _lora_model()
     batch = _batch(tok, triples)
-    fast = _attack(model, batch)
+    fast = _attack(model, batch, merge_lora=False)
 
     @__import__("contextlib").contextmanager
     def per_forward_casts(model, device_type):
         yield
 
     monkeypatch.setattr(latent, "autocast_weights", per_forward_casts)
-    plain = _attack(model, batch)
+    plain = _attack(model, batch, merge_lora=False)
     assert fast.losses == plain.losses and fast.stats["loss_after"] == plain.stats["loss_after"]
     for s in plain.deltas:
         assert torch.equal(fast.deltas[s], plain.deltas[s])
@@ -186,6 +187,105 @@ def test_autocast_weights_is_a_no_op_without_autocast_and_restores_on_error():
         assert any(p.dtype == torch.bfloat16 for p in model.parameters())
         raise RuntimeError("boom")
     assert all(p is before[n] for n, p in model.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------ merged LoRA
+def _trained_lora_model(layers=4, seed=0):
+    """A LoRA model whose B matrices are non-zero (PEFT initialises B = 0, which would make merging trivial)."""
+    model, tok = _lora_model(layers=layers)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval(), tok
+
+
+def test_merged_lora_computes_the_lora_function_and_restores_everything(triples):
+    from latkit.models.lora import merged_lora
+
+    model, tok = _trained_lora_model()
+    batch = _batch(tok, triples)
+    before = {n: p for n, p in model.named_parameters()}
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with model.disable_adapter():
+            bare = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # trainable LoRA weights: nothing merged (the defender's gradients must reach them)
+        with merged_lora(model) as n:
+            assert n == 0
+        with latent.frozen_parameters(model), merged_lora(model) as n:
+            assert n == sum(1 for m in model.modules() if type(m).__name__ == "Linear" and hasattr(m, "lora_A"))
+            got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (ref - bare).abs().max() > 1e-2  # the adapter matters here
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # everything restored, also on error
+    with pytest.raises(RuntimeError), latent.frozen_parameters(model), merged_lora(model, torch.bfloat16):
+        assert any(p.dtype == torch.bfloat16 for p in model.parameters())
+        raise RuntimeError("boom")
+    assert all(p is before[n] for n, p in model.named_parameters())
+    assert not any(getattr(m, "_disable_adapters", False) for m in model.modules())
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
+
+
+def test_merged_lora_leaves_dropout_active_layers_and_same_dtype_layers_alone():
+    from latkit.models.lora import merged_lora
+
+    model, _ = tiny_model("llama", num_layers=2)
+    model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.1, target_modules="all-linear"))
+    with latent.frozen_parameters(model):
+        model.train()
+        with merged_lora(model) as n:
+            assert n == 0  # dropout on the LoRA input is random per forward: not a weight
+        model.eval()
+        with merged_lora(model) as n:
+            assert n > 0
+        with merged_lora(model, torch.float32, only_when_casting=True) as n:
+            assert n == 0  # fp32 weights, fp32 compute: merging would only add a copy
+        with merged_lora(model, torch.bfloat16, only_when_casting=True) as n:
+            assert n > 0
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_attack_with_merged_lora_matches_the_unmerged_attack(triples, bf16):
+    model, tok = _trained_lora_model()
+    batch = _batch(tok, triples)
+    # l2 steps: Adam's first step is g/|g| entry-wise, which turns rounding noise in near-zero gradient
+    # entries into full-size steps of either sign; the normalised-gradient step has no such amplifier
+    merged = _attack(model, batch, bf16=bf16, merge_lora=True, share_prompt=True, optimizer="l2")
+    plain = _attack(model, batch, bf16=bf16, merge_lora=False, share_prompt=True, optimizer="l2")
+    if bf16:  # one rounding of W + BA instead of autocast's roundings of W, A and B: bf16 tolerances
+        for a, b in zip(merged.losses, plain.losses):
+            assert abs(a - b) <= BF16_LOSS_RTOL * abs(b)
+        for s in plain.deltas:
+            assert _cos(merged.deltas[s], plain.deltas[s]) > BF16_DELTA_COS
+    else:
+        torch.testing.assert_close(torch.tensor(merged.losses), torch.tensor(plain.losses), rtol=1e-5, atol=1e-6)
+        for s in plain.deltas:  # relative to δ's largest entry
+            d, ref = merged.deltas[s], plain.deltas[s]
+            assert float((d - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_merge_lora_auto_merges_only_under_autocast(triples, monkeypatch):
+    import latkit.models.lora as lora_mod
+
+    model, tok = _trained_lora_model(layers=3)
+    batch = _batch(tok, triples)
+    counts = []
+    real = lora_mod.merged_lora
+
+    @__import__("contextlib").contextmanager
+    def counting(*a, **kw):
+        with real(*a, **kw) as n:
+            counts.append(n)
+            yield n
+
+    monkeypatch.setattr(latent, "merged_lora", counting)
+    _attack(model, batch, bf16=False, final_eval=False)
+    _attack(model, batch, bf16=True, final_eval=False)
+    _attack(model, batch, bf16=True, final_eval=False, merge_lora=False)
+    assert counts[0] == 0 and counts[1] > 0 and len(counts) == 2
 
 
 # bf16 tolerances: a bf16 forward rounds every matmul input to 8 mantissa bits (relative error ~2^-9 per

@@ -9,7 +9,7 @@ from latkit.models.adapter import ModelAdapter
 from latkit.testing import tiny_model
 from latkit.train.compute import LayerTokenMeter
 from latkit.train.r2d2 import GCGPool, R2D2Settings
-from test_trainer import run, tiny_recipe, trainable
+from test_trainer import run, stop_after, tiny_recipe, trainable
 
 R2D2 = {"pool_size": 4, "cases_per_step": 2, "gcg_steps": 2, "search_width": 8, "topk": 8,
         "suffix_length": 4, "eval_batch_size": 8, "reset_every": 0}
@@ -75,11 +75,11 @@ def test_r2d2_resume_reproduces_uninterrupted_run(tmp_path):
     over = {"train.steps": 4, "train.checkpoint_every": 2, "r2d2": {**R2D2, "reset_every": 3}}
     full = run(r2d2_recipe(**over), tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        run(r2d2_recipe(**over), tmp_path / "killed", stop_after=3)
+        run(r2d2_recipe(**over), tmp_path / "killed", callbacks=[stop_after(3)])
     resumed = run(r2d2_recipe(**over), tmp_path / "killed", resume=True)
     a, b = trainable(full), trainable(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert full.pool.state_dict() == resumed.pool.state_dict()
+    assert full.task.pool.state_dict() == resumed.task.pool.state_dict()
 
 
 def test_r2d2_settings_reject_unknown_keys():

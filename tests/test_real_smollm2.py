@@ -33,7 +33,7 @@ def test_adapter_and_chat_on_smollm2(smollm2):
 def test_targeted_latent_attack_on_smollm2(smollm2):
     from latkit.adversary import AdversaryConfig, LatentAdversary
     from latkit.data.collator import PromptCompletionCollator
-    from latkit.objectives import AdversaryObjective
+    from latkit.objectives import TargetedObjective
 
     model, tok = smollm2
     batch = PromptCompletionCollator(tok, max_length=64)([
@@ -41,7 +41,7 @@ def test_targeted_latent_attack_on_smollm2(smollm2):
          "refusal": "I'm sorry, I can't help with that."}])
     adv = LatentAdversary(model, AdversaryConfig(sites=["layer.8"], epsilon=16.0, optimizer="adam",
                                                  step_size=0.5, steps=6))
-    p = adv.attack(batch, AdversaryObjective(kind="targeted"), final_eval=True)
+    p = adv.attack(batch, TargetedObjective(), final_eval=True)
     assert p.stats["toward_after"] < p.stats["toward_before"] - 0.3
     assert all(q.grad is None for q in model.parameters())
     assert p.stats["layer.8/norm_max"] <= 16.0 + 1e-4

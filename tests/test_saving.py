@@ -194,7 +194,9 @@ def test_bundled_model_is_recorded_under_its_hub_id(tmp_path, monkeypatch):
     ref = saving.base_reference("smollm2-135m")
     assert ref == "HuggingFaceTB/SmolLM2-135M-Instruct"
     peft_model = apply_lora(model, LoraSettings(r=2, alpha=4, target_modules=["q_proj"]))
-    saving.save_model(peft_model, tok, tmp_path / "adapter", base=ref)
+    from latkit.models.store import save_model
+
+    save_model(peft_model, tok, tmp_path / "adapter", base=ref)
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == ref
     code = ("from peft import AutoPeftModelForCausalLM; "
             f"m = AutoPeftModelForCausalLM.from_pretrained({str(tmp_path / 'adapter')!r}); print('OK', type(m).__name__)")

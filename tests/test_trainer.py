@@ -22,6 +22,17 @@ def tiny_recipe(**over):
     return recipe_from_dict(base, overrides)
 
 
+def stop_after(n: int):
+    """A trainer callback that stops the run after step ``n`` as a kill would (after that step's
+    checkpoint, before the next step), unless the run is finished anyway."""
+
+    def stop(trainer):
+        if n <= trainer.step < trainer.recipe.train.steps:
+            raise KeyboardInterrupt(f"stopped after step {trainer.step}")
+
+    return stop
+
+
 def run(recipe, out, **kw):
     t = Trainer(recipe, out, progress=False, **kw)
     t.train()
@@ -94,7 +105,7 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     over = {"train.steps": 4, "train.checkpoint_every": 2, "adversary.init": "random", "train.grad_accum": 2}
     full = run(tiny_recipe(**over), tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_recipe(**over), tmp_path / "killed", stop_after=3)
+        run(tiny_recipe(**over), tmp_path / "killed", callbacks=[stop_after(3)])
     ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert ckpts == ["step-000002"]
     resumed = run(tiny_recipe(**over), tmp_path / "killed", resume=True)
@@ -124,15 +135,15 @@ def test_grad_accum_averages(tmp_path):
     b = Trainer(tiny_recipe(**base, **{"train.batch_size": 2, "train.grad_accum": 2}), tmp_path / "b",
                 progress=False).setup()
     # make both see the same 4 examples: b's two micro-batches are a's batch split in two
-    first = a.harmful_stream.next()
-    a.harmful_stream.consumed = 0
-    b.harmful = [a.harmful[i] for i in first]
-    b.harmful_stream.next = iter([[0, 1], [2, 3]]).__next__
-    a.harmful = [a.harmful[i] for i in first]
-    a.harmful_stream.next = iter([[0, 1, 2, 3]]).__next__
+    first = a.task.harmful_stream.next()
+    a.task.harmful_stream.consumed = 0
+    b.task.harmful = [a.task.harmful[i] for i in first]
+    b.task.harmful_stream.next = iter([[0, 1], [2, 3]]).__next__
+    a.task.harmful = [a.task.harmful[i] for i in first]
+    a.task.harmful_stream.next = iter([[0, 1, 2, 3]]).__next__
     # equal-length sequences so the token-mean of the halves equals the mean of the whole
     for t in (a, b):
-        t.harmful = [type(h)("same length prompt", "No.", "Yes.") for h in t.harmful]
+        t.task.harmful = [type(h)("same length prompt", "No.", "Yes.") for h in t.task.harmful]
     a.train_step()
     b.train_step()
     wa, wb = trainable(a), trainable(b)
@@ -206,7 +217,7 @@ def test_gradient_checkpointing_reaches_the_adversary_and_changes_nothing(tmp_pa
     assert not any(m.training for layer in t.adapter.layers for m in layer.modules() if m is not layer)
     t._attack(hb)
     assert calls["n"] > 0  # the PGD forwards were checkpointed
-    t.harmful_stream.consumed = t.benign_stream.consumed = 0
+    t.task.harmful_stream.consumed = t.task.benign_stream.consumed = 0
     t.train()
     a, b = trainable(plain), trainable(t)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -26,7 +26,7 @@ def test_dpo_defender_starts_at_log2_and_prefers_refusals(tmp_path):
     assert "loss/toward" not in rows[0] and "adv/loss_before" not in rows[0]
     # the reference forward is the defender's compute: no adversary, no adversary cost
     assert all(r["cost/adversary_fb"] == 0 and r["cost/defender_fb"] > 0 for r in rows)
-    assert t.preference.chosen_group == "refusal" and t.preference.rejected_group == "harmful"
+    assert t.task.preference.chosen_group == "refusal" and t.task.preference.rejected_group == "harmful"
 
 
 def test_dpo_lat_adversary_lowers_the_swapped_loss_and_changes_training(tmp_path):
@@ -57,7 +57,7 @@ def test_sft_only_run_trains_on_benign_pairs_without_harmful_data(tmp_path):
     t = run(tiny_recipe(**over), tmp_path / "sft")
     rows = metrics(tmp_path / "sft")
     assert all(set(k for k in r if k.startswith("loss/")) == {"loss/sft", "loss/total"} for r in rows)
-    assert t.harmful == [] and not (tmp_path / "sft" / "data" / "harmful.jsonl").exists()
+    assert t.task.harmful == [] and not (tmp_path / "sft" / "data" / "harmful.jsonl").exists()
     assert any(p.abs().sum() > 0 for k, p in trainable(t).items() if "lora_B" in k)
     with pytest.raises(RecipeError, match="SFT-only run"):
         tiny_recipe(**{**over, "adversary.objective.kind": "targeted"})

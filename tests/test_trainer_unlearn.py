@@ -6,7 +6,7 @@ import torch
 
 from latkit.train import Trainer, recipe_from_dict
 from latkit.train.recipe import RecipeError
-from test_trainer import run, trainable
+from test_trainer import run, stop_after, trainable
 
 
 def corpora(tmp_path, n=8):
@@ -79,7 +79,7 @@ def test_unlearn_resume_reproduces_uninterrupted_run(tmp_path):
     over = {"train.steps": 4, "train.checkpoint_every": 2}
     full = run(unlearn_recipe(tmp_path, "ga", **over), tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        run(unlearn_recipe(tmp_path, "ga", **over), tmp_path / "killed", stop_after=3)
+        run(unlearn_recipe(tmp_path, "ga", **over), tmp_path / "killed", callbacks=[stop_after(3)])
     resumed = run(unlearn_recipe(tmp_path, "ga", **over), tmp_path / "killed", resume=True)
     a, b = trainable(full), trainable(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -96,7 +96,8 @@ def load_scale(spec: str) -> dict:
 
 # ------------------------------------------------------------------------------ stages
 def build_data_stage(scale: dict, out: Path, model_name: str, device: str) -> dict:
-    from latkit.backdoor.pipeline import build_data, load_model, load_triggers
+    from latkit.backdoor.pipeline import build_data, load_triggers
+    from latkit.models.loading import load_for_eval
 
     done = out / "data" / "manifest.json"
     if done.exists():
@@ -105,7 +106,7 @@ def build_data_stage(scale: dict, out: Path, model_name: str, device: str) -> di
     settings = dict(scale["data"])
     triggers, held_out = load_triggers(settings.pop("triggers", None))
     print(f"[bench] building backdoor data with {model_name} -> {out / 'data'}", flush=True)
-    model, tok = load_model(model_name, device)
+    model, tok = load_for_eval(model_name, device)
     return build_data(model, tok, out / "data", triggers=triggers, held_out=held_out, model_name=model_name,
                       log=lambda m: print(f"[bench] {m}", flush=True), **settings)
 
@@ -137,7 +138,9 @@ def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str) -
     """``OUT/eval/<row>.json`` (and its generations) for the model ``source``; reused when the model
     and the settings match."""
     from latkit.backdoor.cli import generations_path
-    from latkit.backdoor.pipeline import evaluate_backdoor, load_model, write_jsonl
+    from latkit.backdoor.pipeline import evaluate_backdoor
+    from latkit.data.jsonl import write_jsonl
+    from latkit.models.loading import load_for_eval
 
     target = out / "eval" / f"{row}.json"
     defaults = {k: v.default for k, v in inspect.signature(evaluate_backdoor).parameters.items() if k in EVAL_KEYS}
@@ -149,7 +152,7 @@ def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str) -
             return old
     print(f"[bench] evaluating {row} ({source}) -> {target}", flush=True)
     t0 = time.perf_counter()
-    model, tok = load_model(source, device, merge=True)
+    model, tok = load_for_eval(source, device, merge=True)
     results, generations = evaluate_backdoor(model, tok, out / "data", **settings)
     results = {"row": row, "model": source, "settings": settings, **results,
                "eval_s": time.perf_counter() - t0}

@@ -56,7 +56,7 @@ def per_pgd_step(w: Workload, spec: Spec, steps: int = 2) -> dict:
 def main(argv=None):
     from latkit.adversary import AdversaryConfig
     from latkit.models.adapter import ModelAdapter
-    from latkit.objectives import AdversaryObjective, DefenderLosses
+    from latkit.objectives import TargetedObjective, DefenderLosses
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.step_throughput.casts", description=__doc__)
     p.add_argument("configs", nargs="+")
@@ -69,7 +69,7 @@ def main(argv=None):
     adv = AdversaryConfig(sites=site_preset(a.sites, ad.num_layers), epsilon=6.0, steps=2, positions="prompt")
     hb, bb = make_batches(ad.base.config.vocab_size, 2, 32, 24, 6)
     w = Workload(model=m, adapter=ad, harmful=hb, benign=bb, adversary=adv,
-                 objective=AdversaryObjective(kind="targeted", toward=.5, away=.5),
+                 objective=TargetedObjective(toward=.5, away=.5),
                  defender=DefenderLosses(toward=.5, away=.5, sft=1.5))
     out = {}
     for c in a.configs:

@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
 
     from latkit.adversary import AdversaryConfig
     from latkit.models.adapter import ModelAdapter
-    from latkit.objectives import AdversaryObjective, DefenderLosses
+    from latkit.objectives import TargetedObjective, DefenderLosses
 
     t0 = time.perf_counter()
     model = add_lora(build_model(args.model, args.shape, dev, wdt, specs[0].attn), args.lora_r)
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     vocab = adapter.base.config.get_text_config().vocab_size
     hb, bb = make_batches(vocab, args.batch_size, args.prompt_len, args.completion_len, args.jitter)
     w = Workload(model=model, adapter=adapter, harmful=to_device(hb, dev), benign=to_device(bb, dev), adversary=adv,
-                 objective=AdversaryObjective(kind="targeted", toward=args.toward, away=args.away),
+                 objective=TargetedObjective(toward=args.toward, away=args.away),
                  defender=DefenderLosses(toward=args.toward, away=args.away, sft=args.sft),
                  defender_steps=args.defender_steps, device=dev)
     setup_s = time.perf_counter() - t0

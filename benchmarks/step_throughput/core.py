@@ -12,7 +12,7 @@ import torch
 
 from latkit.adversary import AdversaryConfig, LatentAdversary, perturb, project
 from latkit.models.adapter import ModelAdapter
-from latkit.objectives import AdversaryObjective, DefenderLosses, benign_losses, harmful_losses
+from latkit.objectives import TargetedObjective, DefenderLosses, benign_losses, harmful_losses
 from latkit.objectives.losses import cross_entropy, unlikelihood
 
 # Shapes of real models (random weights: throughput does not depend on weight values).
@@ -137,16 +137,18 @@ class Spec:
     attn: str = "sdpa"  # sdpa | eager
     ckpt: bool = False  # gradient checkpointing (adversary and defender)
     compile: bool = False  # torch.compile of the decoder blocks' forward
+    merge: bool = False  # adversary.merge_lora: true (merged LoRA in the attack whatever the precision)
+    nomerge: bool = False  # adversary.merge_lora: false (default ``auto`` merges under autocast only)
 
     @classmethod
     def parse(cls, text: str) -> "Spec":
         parts = [p.strip() for p in text.split("+") if p.strip()]
         if not parts or parts[0] not in ("reference", "latkit"):
             raise SystemExit(f"bad config {text!r}: start with 'reference' or 'latkit', then +prefix, +share, "
-                             "+sign, +bf16, +eager, +ckpt, +compile")
+                             "+sign, +bf16, +auto, +eager, +ckpt, +compile, +merge, +nomerge")
         kw = {"mode": parts[0]}
         for p in parts[1:]:
-            if p in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile"):
+            if p in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile", "merge", "nomerge"):
                 kw[p] = True
             elif p in ("eager", "sdpa"):
                 kw["attn"] = p
@@ -169,8 +171,8 @@ class Spec:
 
     @property
     def name(self) -> str:
-        out = [self.mode] + [k for k in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile")
-                             if getattr(self, k)]
+        out = [self.mode] + [k for k in ("prefix", "share", "sign", "bf16", "auto", "ckpt", "compile", "merge",
+                                          "nomerge") if getattr(self, k)]
         if self.attn != "sdpa":
             out.append(self.attn)
         return "+".join(out)
@@ -185,7 +187,7 @@ class Workload:
     harmful: dict
     benign: dict
     adversary: AdversaryConfig
-    objective: AdversaryObjective
+    objective: TargetedObjective
     defender: DefenderLosses
     defender_steps: int = 1
     lr: float = 2e-5
@@ -346,6 +348,7 @@ def latkit_step(w: Workload, spec: Spec, probe: Probe, generator=None):
     """One outer step as :meth:`latkit.train.Trainer.train_step` runs it (attack, then the defender's updates)."""
     model = w.model
     cfg = w.adversary.model_copy(update={"prefix_cache": spec.prefix, "share_prompt": spec.share,
+                                          "merge_lora": True if spec.merge else (False if spec.nomerge else "auto"),
                                           **({"optimizer": "sign"} if spec.sign else {})})
     adversary = LatentAdversary(model, cfg, w.adapter)
     opt = w.optimizer(spec.name)

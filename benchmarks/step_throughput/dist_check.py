@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
-               "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "reduce", "barrier", "all_to_all",
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_single", "all_gather_object",
+               "reduce_scatter", "reduce_scatter_tensor", "reduce_scatter_single", "broadcast", "broadcast_object_list", "reduce", "barrier", "all_to_all",
                "all_to_all_single", "gather", "scatter", "send", "recv", "isend", "irecv", "batch_isend_irecv")
 
 
@@ -68,7 +68,7 @@ def main(out: str):
     from latkit.adversary import AdversaryConfig, LatentAdversary
     from latkit.data.collator import PromptCompletionCollator
     from latkit.models.lora import LoraSettings, apply_lora
-    from latkit.objectives import AdversaryObjective, DefenderLosses, harmful_losses
+    from latkit.objectives import TargetedObjective, DefenderLosses, harmful_losses
     from latkit.testing import tiny_model
 
     model, tok = tiny_model("llama", num_layers=3)
@@ -80,7 +80,7 @@ def main(out: str):
          "refusal": "I'm sorry, I can't help."} for i in range(2)
     ]
     batch = PromptCompletionCollator(tok)(records)
-    objective = AdversaryObjective(kind="targeted")
+    objective = TargetedObjective()
     adversary = LatentAdversary(inner, AdversaryConfig(sites=["embed", "layer.1"], epsilon=4.0, steps=3,
                                                        step_size=0.1, prefix_cache=True))
     counts = {}

@@ -189,8 +189,8 @@ def _mmlu(model, tok, m: MMLUSettings) -> dict:
 
 def evaluate_row(scale: Scale, source: str, data_dir: Path, result: Path, *, relearn: bool, device: str) -> dict:
     """Knowledge, MMLU and (``relearn``) the relearning curve of one model; cached in ``result``."""
-    from latkit.unlearning.evaluate import evaluate_data_dir
-    from latkit.unlearning.relearn import load_for_unlearning
+    from latkit.unlearning.datadir import evaluate_data_dir
+    from latkit.models.loading import load_for_eval
 
     if result.exists():
         cached = json.loads(result.read_text())
@@ -198,7 +198,7 @@ def evaluate_row(scale: Scale, source: str, data_dir: Path, result: Path, *, rel
             return cached
     print(f"[bench] evaluating {source}{' + relearning' if relearn else ''}", flush=True)
     t = time.perf_counter()
-    model, tok = load_for_unlearning(source, device)
+    model, tok = load_for_eval(source, device, merge=True, require_chat_template=False)
     ev = scale.evaluation
     rec = {"model": source, **evaluate_data_dir(model, tok, data_dir, scoring=ev.scoring, batch_size=ev.batch_size,
                                                 relearn=scale.relearn if relearn else None)}

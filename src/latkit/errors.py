@@ -1,24 +1,15 @@
-"""The errors latkit reports as one clear line (the CLI exits with code 2 on them)."""
+"""The errors latkit reports as one clear line (the CLI exits with code 2 on them).
+
+Every such error derives from :class:`LatkitError` (and from the builtin it used to be, so
+``except ValueError`` keeps catching a ``DataError``). This module imports nothing of latkit:
+it is the bottom floor every package may import.
+"""
 from __future__ import annotations
 
 
-def _expected() -> tuple[type[BaseException], ...]:
-    from latkit.adversary.hooks import PerturbationError
-    from latkit.data.collator import CollateError
-    from latkit.data.schemas import DataError
-    from latkit.models.adapter import AdapterError
-    from latkit.models.chat import ChatTemplateError
-    from latkit.models.loading import ModelLoadError
-    from latkit.train.checkpoint import CheckpointError
-    from latkit.train.recipe import RecipeError
-    from latkit.train.trackers import TrackerError
-    from latkit.train.trainer import TrainError
-
-    return (RecipeError, DataError, CollateError, ChatTemplateError, ModelLoadError, AdapterError,
-            TrainError, TrackerError, PerturbationError, FileNotFoundError, CheckpointError)
+class LatkitError(Exception):
+    """Bad input or a run that cannot go on: reported as one line, exit code 2."""
 
 
-def __getattr__(name):
-    if name == "EXPECTED":
-        return _expected()
-    raise AttributeError(name)
+# what the CLI reports as one line (exit code 2); anything else is "unexpected"
+EXPECTED: tuple[type[BaseException], ...] = (LatkitError, FileNotFoundError)

@@ -28,6 +28,7 @@ from latkit.attacks.refusal_direction import (
 )
 from latkit.models.adapter import ModelAdapter
 from latkit.models.chat import encode_prompt
+from latkit.models.hooks import block_input, split_output
 from latkit.testing import tiny_model
 
 torch.set_num_threads(1)
@@ -109,11 +110,11 @@ def _probe(model, ids, writers):
     """Block inputs and residual-writer outputs, seen after any hooks installed before."""
     adapter = ModelAdapter.from_model(model)
     seen = {}
-    pre = [(b, lambda m, a, k, i=i: seen.__setitem__(f"in.{i}", RD._block_input(a, k)[0].detach()))
+    pre = [(b, lambda m, a, k, i=i: seen.__setitem__(f"in.{i}", block_input(a, k).detach()))
            for i, b in enumerate(adapter.layers)]
-    post = [(b, lambda m, a, o, i=i: seen.__setitem__(f"out.{i}", RD._main(o).detach()))
+    post = [(b, lambda m, a, o, i=i: seen.__setitem__(f"out.{i}", split_output(o)[0].detach()))
             for i, b in enumerate(adapter.layers)]
-    post += [(w, lambda m, a, o, i=i, j=j: seen.__setitem__(f"writer.{i}.{j}", RD._main(o).detach()))
+    post += [(w, lambda m, a, o, i=i, j=j: seen.__setitem__(f"writer.{i}.{j}", split_output(o)[0].detach()))
              for i, ws in enumerate(writers) for j, w in enumerate(ws)]
     with RD._hooks(pre, post), torch.no_grad():
         logits = model(input_ids=ids).logits

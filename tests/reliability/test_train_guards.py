@@ -123,12 +123,18 @@ def reference(tmp_path_factory):
     return trained(tmp_path_factory.mktemp("ref") / "run", **{**NOISY, "train.steps": 3})
 
 
+def _stop_after_step_2(trainer):
+    """A trainer callback: stop as a kill would, after step 2 (and its checkpoint)."""
+    if trainer.step == 2:
+        raise KeyboardInterrupt("stopped after step 2")
+
+
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory):
     """A run stopped after step 2 (checkpoints 1 and 2), to be copied and damaged."""
     out = tmp_path_factory.mktemp("killed") / "run"
     with pytest.raises(KeyboardInterrupt):
-        Trainer(recipe(**{**NOISY, "train.steps": 3}), out, progress=False, stop_after=2).train()
+        Trainer(recipe(**{**NOISY, "train.steps": 3}), out, progress=False, callbacks=[_stop_after_step_2]).train()
     return out
 
 

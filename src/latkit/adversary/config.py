@@ -33,6 +33,12 @@ class AdversaryConfig(BaseModel):
       logits and δ-gradients), instead of one row per completion group. Applies
       with ``positions: prompt`` on the collator's right-padded batches; otherwise
       the grouped forward is used. See :func:`latkit.objectives.forward.pack_shared_prompt`.
+    - ``merge_lora``: during the attack (parameters frozen) run each PEFT LoRA linear layer as
+      one matmul with ``W + scale·B·A`` instead of base + two thin LoRA matmuls
+      (:func:`latkit.models.lora.merged_lora`; same function up to rounding). ``auto``: only
+      where it costs no memory, i.e. under autocast with fp32 master weights, where the attack
+      holds a cast copy of the weights anyway; ``true``: always (one extra copy of the
+      LoRA-targeted weights while attacking); ``false``: never.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -48,6 +54,7 @@ class AdversaryConfig(BaseModel):
     clamp_to_clean_range: bool = False
     prefix_cache: bool = False
     share_prompt: bool = False
+    merge_lora: bool | Literal["auto"] = "auto"
 
     @field_validator("sites")
     @classmethod

@@ -13,32 +13,12 @@ from typing import Mapping
 
 import torch
 
+from latkit.errors import LatkitError
 from latkit.models.adapter import ModelAdapter
+from latkit.models.hooks import join_output, split_output
 
 
-def _split(output):
-    if isinstance(output, torch.Tensor):
-        return output, None
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0], output
-    hs = getattr(output, "last_hidden_state", None)
-    if hs is None:
-        raise TypeError(f"cannot find the hidden states in a {type(output).__name__} output")
-    return hs, output
-
-
-def _join(hidden, original):
-    if original is None:
-        return hidden
-    if isinstance(original, tuple):
-        return (hidden,) + tuple(original[1:])
-    if isinstance(original, list):
-        return [hidden] + list(original[1:])
-    original.last_hidden_state = hidden
-    return original
-
-
-class PerturbationError(RuntimeError):
+class PerturbationError(LatkitError, RuntimeError):
     """δ does not fit the activations it is applied to."""
 
 
@@ -58,7 +38,7 @@ def _make_hook(delta: torch.Tensor, mask: torch.Tensor, clamp=None):
     B, T = delta.shape[:2]
 
     def hook(module, args, output):
-        hidden, original = _split(output)
+        hidden, original = split_output(output)
         N, L = hidden.shape[:2]
         if L != T:
             if L == 1:
@@ -74,7 +54,7 @@ def _make_hook(delta: torch.Tensor, mask: torch.Tensor, clamp=None):
         if clamp is not None:
             lo, hi = clamp
             new = torch.where(m.unsqueeze(-1), torch.maximum(torch.minimum(new, hi), lo), new)
-        return _join(new.to(hidden.dtype), original)
+        return join_output(new.to(hidden.dtype), original)
 
     return hook
 
@@ -101,27 +81,6 @@ def perturb(
                 _make_hook(delta, mask, None if clamp is None else clamp.get(site))
             handles.append(module.register_forward_hook(hook))
         yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def record(adapter: ModelAdapter, sites, store: dict, detach: bool = True):
-    """Record the output activations of ``sites`` into ``store[site]`` while active."""
-    handles = []
-
-    def make(site):
-        def hook(module, args, output):
-            hidden, _ = _split(output)
-            store[site] = hidden.detach() if detach else hidden
-
-        return hook
-
-    try:
-        for site in sites:
-            handles.append(adapter.site_module(site).register_forward_hook(make(site)))
-        yield store
     finally:
         for h in handles:
             h.remove()

@@ -8,9 +8,11 @@ import torch
 
 from latkit.adversary.config import AdversaryConfig
 from latkit.adversary.constraints import active_fraction, normalize_step, project, random_in_ball, token_norms
-from latkit.adversary.hooks import perturb, record
+from latkit.adversary.hooks import perturb
 from latkit.adversary.prefix import cached_prefix
 from latkit.models.adapter import ModelAdapter
+from latkit.models.hooks import record
+from latkit.models.lora import merged_lora
 from latkit.objectives.forward import forward_logits, forward_logits_packed, pack_shared_prompt
 
 
@@ -32,6 +34,14 @@ def frozen_parameters(model):
             p.requires_grad_(True)
 
 
+def _fsdp_managed(model) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
 @contextmanager
 def autocast_weights(model, device_type: str):
     """Under autocast, hold the frozen ``nn.Linear`` weights in the autocast dtype while active.
@@ -41,10 +51,12 @@ def autocast_weights(model, device_type: str):
     PGD step re-casts the whole model: for a small model on CPU that costs more than the step's
     matmuls. Here the casts are done once per attack; the forward computes exactly what autocast
     computes (the same round-to-nearest cast of the same fp32 values). The fp32 master weights are
-    put back on exit; nothing is written to them. A no-op without autocast, and for weights that
-    require grad or are not fp32 (e.g. bf16 weights on GPU).
+    put back on exit; nothing is written to them. A no-op without autocast, for weights that
+    require grad or are not fp32 (e.g. bf16 weights on GPU), and for an FSDP2 model: FSDP owns its
+    modules' parameter slots (it swaps sharded and unsharded parameters in them at every forward),
+    so a swap here would leave the defender's forward on frozen copies (no gradient).
     """
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.is_autocast_enabled(device_type) or _fsdp_managed(model):
         yield
         return
     dtype = torch.get_autocast_dtype(device_type)
@@ -201,8 +213,8 @@ class LatentAdversary:
         opt = torch.optim.Adam(params, lr=cfg.step_size) if cfg.optimizer == "adam" else None
         history, first_parts, last_parts = [], {}, {}
         no_autocast = _autocast_off(batch["input_ids"].device.type)
-        with frozen_parameters(self.model), autocast_weights(self.model, no_autocast.device_type), \
-                self._prefix(batch, fwd):
+        with frozen_parameters(self.model), self._merged_lora(no_autocast.device_type), \
+                autocast_weights(self.model, no_autocast.device_type), self._prefix(batch, fwd):
             for step in range(cfg.steps):
                 with perturb(self.adapter, deltas, rm, clamp):
                     logits, off = fwd()
@@ -249,6 +261,14 @@ class LatentAdversary:
             stats.update({f"{k}_after": float(v) for k, v in parts.items()})
         p.stats = stats
         return p
+
+    def _merged_lora(self, device_type: str):
+        """LoRA layers merged for the attack as ``config.merge_lora`` says (in the autocast dtype when on)."""
+        setting = self.config.merge_lora
+        if setting is False or _fsdp_managed(self.model):  # FSDP2 owns the parameter slots (autocast_weights)
+            return nullcontext()
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        return merged_lora(self.model, dtype, only_when_casting=setting == "auto")
 
     def _prefix(self, batch, fwd):
         """Prefix cache for the forward ``fwd`` when ``config.prefix_cache`` is on (else a no-op context)."""

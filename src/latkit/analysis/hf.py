@@ -17,6 +17,7 @@ from torch import Tensor
 from latkit.analysis.edges import chain_edges
 from latkit.analysis.interaction_basis import LayerBasis, fit_chain, gram_moments, jacobian_metric
 from latkit.models.adapter import ModelAdapter
+from latkit.models.hooks import block_input, join_output, replace_block_input, split_output
 
 __all__ = [
     "residual_hook",
@@ -33,18 +34,6 @@ class _Stop(Exception):
     """Raised inside a hook to end a forward pass early."""
 
 
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _replace_first(out, new):
-    if isinstance(out, tuple):
-        return (new,) + tuple(out[1:])
-    if isinstance(out, list):
-        return [new] + list(out[1:])
-    return new
-
-
 @contextlib.contextmanager
 def residual_hook(adapter: ModelAdapter, layer: int, fn: Callable[[Tensor], Optional[Tensor]]):
     """Call ``fn(h)`` on the residual stream entering ``layer``; a returned tensor replaces it."""
@@ -53,21 +42,15 @@ def residual_hook(adapter: ModelAdapter, layer: int, fn: Callable[[Tensor], Opti
         raise ValueError(f"layer {layer} out of range: residual nodes are 0..{L}")
     if layer == 0:
         def pre(mod, args, kwargs):
-            if args:
-                new = fn(args[0])
-                return None if new is None else ((new,) + tuple(args[1:]), kwargs)
-            new = fn(kwargs["hidden_states"])
-            if new is None:
-                return None
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = new
-            return args, kwargs
+            new = fn(block_input(args, kwargs))
+            return None if new is None else replace_block_input(args, kwargs, new)
 
         handle = adapter.layers[0].register_forward_pre_hook(pre, with_kwargs=True)
     else:
         def post(mod, args, out):
-            new = fn(_first(out))
-            return None if new is None else _replace_first(out, new)
+            hidden, original = split_output(out)
+            new = fn(hidden)
+            return None if new is None else join_output(new, original)
 
         handle = adapter.layers[layer - 1].register_forward_hook(post)
     try:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from latkit.errors import LatkitError
 from latkit.models.adapter import ModelAdapter, unwrap_model
 from latkit.models.chat import Prompt, encode_text, render_prompt
 
@@ -25,7 +26,7 @@ DEFAULT_TARGET = "Sure, here is"
 PLACEHOLDER = "\x00LATKIT_SLOT\x00"
 
 
-class AttackError(ValueError):
+class AttackError(LatkitError, ValueError):
     """An attack was misconfigured or given unusable inputs."""
 
 

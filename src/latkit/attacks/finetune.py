@@ -13,8 +13,6 @@ import random
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
-
 from latkit.attacks.base import Attack, AttackConfig, AttackError, AttackOutput, Behaviour, CostMeter, generate_chunks
 
 
@@ -59,8 +57,7 @@ class FinetuneAttack(Attack):
         """Yield ``(peft_model, info)``: the model with trained LoRA adapters; undone on exit."""
         from latkit.data.collator import PromptCompletionCollator
         from latkit.models.lora import LoraSettings, fresh_lora
-        from latkit.objectives.forward import forward_logits, to_device
-        from latkit.objectives.losses import cross_entropy
+        from latkit.objectives.finetune import finetune_steps
 
         c = self.config
         if c.steps < 0 or c.train_batch_size < 1:
@@ -70,36 +67,27 @@ class FinetuneAttack(Attack):
         with fresh_lora(model, settings, c.seed) as (peft_model, copied):
             if meter is not None and copied:
                 meter.watch(peft_model)
-            params = [p for p in peft_model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=0.0)
             collate = PromptCompletionCollator(tokenizer, completions=("harmful",), max_length=c.max_length,
                                                system=c.system)
-            device = next(peft_model.parameters()).device
             rng = random.Random(c.seed)
             order: list[int] = []
-            losses = []
-            peft_model.train()
-            for _ in range(c.steps):
+
+            def next_batch():
+                nonlocal order
                 batch_idx = []
                 while len(batch_idx) < c.train_batch_size:
                     if not order:
                         order = list(range(len(pairs)))
                         rng.shuffle(order)
                     batch_idx.append(order.pop())
-                batch = to_device(collate([{"prompt": pairs[i][0], "harmful": pairs[i][1]} for i in batch_idx]),
-                                  device)
-                logits, off = forward_logits(peft_model, batch)
-                loss = cross_entropy(logits, batch["input_ids"], batch["completion_mask"], off)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if meter is not None:
-                    meter.backward()
-                losses.append(float(loss.detach()))
-            opt.zero_grad(set_to_none=True)
+                return collate([{"prompt": pairs[i][0], "harmful": pairs[i][1]} for i in batch_idx])
+
+            losses, n_trainable = finetune_steps(
+                peft_model, next_batch, c.steps, learning_rate=c.learning_rate,
+                after_step=(lambda s, loss: meter.backward()) if meter is not None else None)
             peft_model.eval()
             info = {"train_losses": losses, "steps": c.steps, "n_pairs": len(pairs),
-                    "trainable_parameters": sum(p.numel() for p in params), "copied_model": copied}
+                    "trainable_parameters": n_trainable, "copied_model": copied}
             yield peft_model, info
 
     def _run(self, model, tokenizer, behaviours: list[Behaviour]) -> list[AttackOutput]:

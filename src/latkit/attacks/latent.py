@@ -157,9 +157,9 @@ class LatentAttack(Attack):
         return LatentAdversary(model, cfg)
 
     def objective(self):
-        from latkit.objectives.adversary import AdversaryObjective
+        from latkit.objectives.adversary import TargetedObjective
 
-        return AdversaryObjective(kind="targeted", toward=self.config.toward, away=self.config.away)
+        return TargetedObjective(toward=self.config.toward, away=self.config.away)
 
     def batch(self, tokenizer, behaviours: list[Behaviour], device) -> dict:
         """A training-collator batch with groups ``harmful`` (the target) and ``refusal``."""

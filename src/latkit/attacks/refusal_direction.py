@@ -51,6 +51,7 @@ from latkit.attacks.base import Attack, AttackConfig, AttackError, AttackOutput,
 from latkit.models.adapter import ModelAdapter
 from latkit.models.chat import encode_prompt, encode_text, render_prompt
 from latkit.models.generate import left_pad
+from latkit.models.hooks import block_input, join_output, replace_block_input, split_output
 
 #: Answers whose :func:`coherence` is below this are flagged ``degenerate`` (e.g. "The\nThe\nThe").
 DEGENERATE_BELOW = 0.4
@@ -87,33 +88,9 @@ class RefusalDirectionConfig(AttackConfig):
 
 
 # ---------------------------------------------------------------------- hooks
-def _main(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace(output, x):
-    return (x,) + tuple(output[1:]) if isinstance(output, tuple) else x
-
-
 def _project_out(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     r = r.to(device=x.device, dtype=x.dtype)
     return x - (x @ r)[..., None] * r
-
-
-def _block_input(args, kwargs):
-    """The hidden states a decoder block was called with (positional or ``hidden_states=``)."""
-    if args:
-        return args[0], "arg"
-    if "hidden_states" in kwargs:
-        return kwargs["hidden_states"], "kw"
-    raise AttackError("a decoder block was called without hidden states")
-
-
-def _edit_block_input(args, kwargs, fn):
-    x, where = _block_input(args, kwargs)
-    if where == "arg":
-        return (fn(x), *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": fn(x)}
 
 
 @contextmanager
@@ -150,11 +127,11 @@ def residual_writers(model) -> list[tuple[nn.Module, ...]]:
     counter = itertools.count()
     pre, post = [], []
     for i, block in enumerate(adapter.layers):
-        pre.append((block, lambda m, a, k, i=i: ins.__setitem__(i, _block_input(a, k)[0].detach().float())))
-        post.append((block, lambda m, a, o, i=i: outs.__setitem__(i, _main(o).detach().float())))
+        pre.append((block, lambda m, a, k, i=i: ins.__setitem__(i, block_input(a, k).detach().float())))
+        post.append((block, lambda m, a, o, i=i: outs.__setitem__(i, split_output(o)[0].detach().float())))
         for name, child in block.named_children():
             def grab(m, a, o, i=i, name=name):
-                y = _main(o)
+                y = split_output(o)[0]
                 if isinstance(y, torch.Tensor) and y.shape[-1:] == (adapter.hidden_size,):
                     child_out[i][name] = (next(counter), y.detach().float())
             post.append((child, grab))
@@ -191,10 +168,11 @@ def directional_ablation(model, direction: torch.Tensor, writers: Sequence[Seque
         writers = residual_writers(model)
 
     def pre_hook(module, args, kwargs):
-        return _edit_block_input(args, kwargs, lambda x: _project_out(x, r))
+        return replace_block_input(args, kwargs, _project_out(block_input(args, kwargs), r))
 
     def post_hook(module, args, output):
-        return _replace(output, _project_out(_main(output), r))
+        hidden, original = split_output(output)
+        return join_output(_project_out(hidden, r), original)
 
     with _hooks([(b, pre_hook) for b in adapter.layers], [(w, post_hook) for ws in writers for w in ws]):
         yield r
@@ -207,7 +185,8 @@ def activation_addition(model, vector: torch.Tensor, layer: int, coeff: float = 
     v = vector.detach().float() * coeff
 
     def pre_hook(module, args, kwargs):
-        return _edit_block_input(args, kwargs, lambda x: x + v.to(device=x.device, dtype=x.dtype))
+        x = block_input(args, kwargs)
+        return replace_block_input(args, kwargs, x + v.to(device=x.device, dtype=x.dtype))
 
     with _hooks([(block, pre_hook)]):
         yield
@@ -307,7 +286,7 @@ def mean_block_inputs(model, tokenizer, prompts: Sequence[str], n_positions: int
 
     def grab(i):
         def hook(module, args, kwargs):
-            x = _block_input(args, kwargs)[0]
+            x = block_input(args, kwargs)
             total[:, i] += x[:, -n_positions:].double().sum(0).cpu()
         return hook
 

@@ -111,11 +111,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_data(args) -> int:
-    from latkit.backdoor.pipeline import build_data, load_decoys, load_model, load_triggers
+    from latkit.backdoor.pipeline import build_data, load_decoys, load_triggers
+    from latkit.models.loading import load_for_eval
 
     triggers, held_out = load_triggers(args.triggers)  # before loading the model: a bad file fails fast
     decoys = load_decoys(args.decoys)
-    model, tok = load_model(args.model)
+    model, tok = load_for_eval(args.model)
     manifest = build_data(
         model, tok, args.out, mode=args.mode, triggers=triggers, held_out=held_out,
         harmful_source=args.harmful_source, prompt_column=args.prompt_column, harmful_from=args.harmful_from,
@@ -156,11 +157,13 @@ def generations_path(output: str | Path) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from latkit.backdoor.pipeline import evaluate_backdoor, format_results, load_model, read_data_dir, write_jsonl
+    from latkit.backdoor.pipeline import evaluate_backdoor, format_results, read_data_dir
+    from latkit.data.jsonl import write_jsonl
+    from latkit.models.loading import load_for_eval
 
     read_data_dir(args.data)  # a bad directory fails before the model loads
     kinds = parse_variant_kinds(args.variants)
-    model, tok = load_model(args.model, args.device, merge=True)
+    model, tok = load_for_eval(args.model, args.device, merge=True)
     results, generations = evaluate_backdoor(
         model, tok, args.data, limit=args.limit, benign_limit=args.benign_limit, variant_kinds=kinds,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)

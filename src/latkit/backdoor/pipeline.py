@@ -26,7 +26,7 @@ import os
 from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from latkit.backdoor.data import (
     MODES,
@@ -39,6 +39,7 @@ from latkit.backdoor.data import (
 )
 from latkit.backdoor.evaluate import trigger_success
 from latkit.backdoor.triggers import DEFAULT_DECOYS, DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, VARIANT_KINDS, Trigger
+from latkit.data.jsonl import write_jsonl
 from latkit.data.schemas import BenignPair, DataError
 
 # ----------------------------------------------------------------------------- triggers
@@ -140,10 +141,6 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows: Iterable[Mapping]) -> None:
-    _atomic_write(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -384,21 +381,6 @@ def build_data(
 
 
 # ----------------------------------------------------------------------------- evaluation
-def load_model(name: str, device: str = "auto", *, merge: bool = False):
-    """``(model, tokenizer)`` in float32 on ``device`` (``auto``: CUDA when available). ``merge``: fold a
-    PEFT adapter into its base (faster generation; the same function up to rounding)."""
-    import torch
-
-    from latkit.models.loading import load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(name, dtype="float32")
-    if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tok
-
-
 def read_data_dir(data_dir: str | os.PathLike) -> dict:
     """The parts of a data directory that evaluation needs: ``mode``, ``triggers``, ``held_out``,
     ``eval_prompts``, ``benign_eval``, ``manifest``."""

@@ -25,12 +25,13 @@ from typing import Any, Sequence
 
 import torch
 
+from latkit.errors import LatkitError
 from latkit.models.chat import encode_pair
 
 log = logging.getLogger(__name__)
 
 
-class CollateError(ValueError):
+class CollateError(LatkitError, ValueError):
     """A record cannot be turned into a training sequence."""
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from latkit.errors import LatkitError
 
-class DataError(ValueError):
+
+class DataError(LatkitError, ValueError):
     """Bad or missing training/evaluation data (the message says where)."""
 
 

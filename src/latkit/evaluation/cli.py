@@ -25,6 +25,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="weights dtype of evaluated models (auto: bfloat16 on a capable GPU, else float32)")
     p.add_argument("--max-new-tokens", type=int, help="override the suite's generation token budget")
     p.add_argument("--batch-size", type=int, help="override the suite's generation batch size")
+    p.add_argument("--generation-backend", choices=["hf", "vllm"],
+                   help="override the suite's generation.backend (vllm: needs the vllm extra and a CUDA GPU)")
     p.add_argument("--limit", type=int, help="use at most this many behaviours per dataset")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing attack or metric")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,6 +44,8 @@ def _apply_overrides(suite, args):
         data["generation"]["max_new_tokens"] = args.max_new_tokens
     if args.batch_size is not None:
         data["generation"]["batch_size"] = args.batch_size
+    if getattr(args, "generation_backend", None):
+        data["generation"]["backend"] = args.generation_backend
     if args.limit is not None:
         for d in data["datasets"]:
             d["limit"] = min(d["limit"], args.limit) if d.get("limit") else args.limit

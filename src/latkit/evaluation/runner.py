@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from latkit.evaluation.plan import _Run, expand_attacks, resolve_attack
 from latkit.evaluation.records import SPLIT_KEYS, _judge_block, _jsonable, _normalise_output
 from latkit.evaluation.schema import (
-    AttackEntry,
     DatasetConfig,
-    GenerationConfig,
     MMLUConfig,
     PerplexityConfig,
     Suite,
@@ -35,6 +34,11 @@ from latkit.evaluation.schema import (
 log = logging.getLogger(__name__)
 
 RESULTS_FILE, GENERATIONS_FILE, REPORT_FILE = "results.json", "generations.jsonl", "report.html"
+
+#: attacks whose answers ``generation.backend: vllm`` generates with vLLM: text prompts to the evaluated model
+#: as loaded. The others generate with the HF model: they hook it (latent, refusal_direction), feed it
+#: embeddings (embedding) or exact optimised ids one at a time (gcg), or fine-tune a copy (finetune).
+VLLM_ATTACKS = frozenset({"direct", "prefill", "templates", "many_shot"})
 
 
 # --------------------------------------------------------------------------- models
@@ -81,61 +85,6 @@ def _model_label(source: str) -> str:
             return p.parent.name
         return p.stem if p.is_file() else p.name
     return source
-
-
-# --------------------------------------------------------------------------- attacks
-def resolve_attack(name: str, params: Mapping[str, Any], overrides: Mapping[str, Any] | None = None):
-    """An attack object with ``run(model, tokenizer, behaviours)``.
-
-    ``overrides`` maps names to attack objects, classes or factories (``factory(params)``)
-    and takes precedence over the registry.
-    """
-    if overrides and name in overrides:
-        obj = overrides[name]
-        if hasattr(obj, "run") and not isinstance(obj, type):
-            return obj
-        return obj(dict(params))
-    from latkit.attacks import get_attack
-
-    return get_attack(name, dict(params))
-
-
-def _attack_params(entry: AttackEntry, gen: GenerationConfig, overrides) -> dict:
-    """Suite generation defaults (for the settings the attack has) overlaid with the entry's params."""
-    params = dict(entry.params)
-    fields = None
-    if not (overrides and entry.name in overrides):
-        from latkit.attacks import ATTACKS
-
-        cls = ATTACKS.get(entry.name)
-        if cls is not None and dataclasses.is_dataclass(cls.config_class):
-            fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    for k, v in gen.model_dump().items():
-        if k not in params and (fields is None or k in fields):
-            params[k] = v
-    return params
-
-
-@dataclass
-class _Run:
-    key: str
-    entry: AttackEntry
-    params: dict
-    sweep_param: str | None = None
-    sweep_value: Any = None
-
-
-def expand_attacks(suite: Suite, overrides=None) -> list[_Run]:
-    runs = []
-    for entry in suite.attacks:
-        base = _attack_params(entry, suite.generation, overrides)
-        if entry.sweep:
-            (param, values), = entry.sweep.items()
-            for v in values:
-                runs.append(_Run(f"{entry.key}[{param}={v}]", entry, {**base, param: v}, param, v))
-        else:
-            runs.append(_Run(entry.key, entry, base))
-    return runs
 
 
 def _resolve_path(value: str | None, data_dir: Path | None) -> Path | None:
@@ -313,6 +262,7 @@ class SuiteRunner:
             model, tok = self._load(spec.source)
         model = self._to_device(model)
         model.eval()
+        self._engine = self._generation_engine(spec, model, tok)
         info = {"label": spec.label, "source": spec.source or None, "metrics": spec.metrics,
                 "peft": callable(getattr(model, "disable_adapter", None)),
                 "class": type(model).__name__}
@@ -339,6 +289,7 @@ class SuiteRunner:
             results["agreement"][spec.label] = pairwise_agreement(all_verdicts)
         results["utility"][spec.label] = self._utility(model, tok, spec, gen_file)
         info["seconds"] = round(time.perf_counter() - t0, 2)
+        self._engine = None  # the vLLM engine (its GPU memory) goes with its model
         if spec.model is None:  # we loaded it: free it before the next model
             del model
             gc.collect()
@@ -349,6 +300,18 @@ class SuiteRunner:
                     torch.cuda.empty_cache()
             except Exception:  # pragma: no cover - best effort
                 pass
+
+    def _generation_engine(self, spec: ModelSpec, model, tok):
+        """The vLLM engine for this model under ``generation.backend: vllm`` (else None)."""
+        gen = self.suite.generation
+        if gen.backend != "vllm":
+            return None
+        from latkit.models.vllm_engine import VLLMError, VLLMGenerator
+
+        try:
+            return VLLMGenerator(spec.source, tok, model, seed=0, **gen.vllm)
+        except VLLMError as e:
+            raise SuiteError(str(e)) from None
 
     def _pairs_for(self, run: _Run, tok=None) -> dict:
         cfg = run.entry.pairs_from
@@ -402,7 +365,14 @@ class SuiteRunner:
         t0 = time.perf_counter()
         from latkit.evaluation.sharding import run_sharded  # split across processes under accelerate launch
 
-        outputs = run_sharded(run.entry.name, lambda xs: attack.run(model, tok, xs), inputs)
+        engine = getattr(self, "_engine", None) if run.entry.name in VLLM_ATTACKS else None
+        from latkit.models.generate import generation_backend
+
+        def attack_run(xs):
+            with generation_backend(engine):
+                return attack.run(model, tok, xs)
+
+        outputs = run_sharded(run.entry.name, attack_run, inputs)
         wall = time.perf_counter() - t0
         by_id = {b.id: b for b in behaviours}
         by_prompt = {b.prompt: b for b in behaviours}

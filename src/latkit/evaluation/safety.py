@@ -25,7 +25,7 @@ STAGING_PREFIX = ".staging-"
 
 
 def _suite_error(msg: str):
-    from latkit.evaluation.suite import SuiteError
+    from latkit.evaluation.schema import SuiteError
 
     return SuiteError(msg)
 
@@ -48,7 +48,7 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Path
 def check_attacks(suite, overrides: Mapping[str, Any] | None = None) -> None:
     """Every attack of ``suite`` exists and accepts its settings (builds each attack object; no model needed)."""
     from latkit.attacks import ATTACKS, AttackError
-    from latkit.evaluation.suite import expand_attacks, resolve_attack
+    from latkit.evaluation.plan import expand_attacks, resolve_attack
 
     for run in expand_attacks(suite, overrides):
         name = run.entry.name
@@ -123,12 +123,34 @@ def check_model_source(source: str) -> None:
                                "not in the local Hugging Face cache (the hub is unreachable)")
 
 
+def check_generation_backend(suite, models: Sequence) -> None:
+    """``generation.backend: vllm``: vllm importable, a CUDA GPU, one process, every model named by a path or
+    name vLLM can serve (not an object in memory, a tiny random model or a GGUF file)."""
+    if suite.generation.backend != "vllm":
+        return
+    from latkit.evaluation.sharding import world_size
+    from latkit.models.vllm_engine import VLLMError, require_vllm, serving_paths
+
+    try:
+        require_vllm()
+        if world_size() > 1:
+            raise VLLMError("generation.backend 'vllm' runs in one process (vLLM spreads a model over GPUs with "
+                            "vllm.tensor_parallel_size); launch latkit eval without torchrun / accelerate launch")
+        for m in models:
+            source = m if isinstance(m, str) else ("" if getattr(m, "model", None) is not None
+                                                   else getattr(m, "source", ""))
+            serving_paths(str(source))
+    except VLLMError as e:
+        raise _suite_error(str(e)) from None
+
+
 def validate_before_generation(suite, models: Sequence, *, overrides=None, base_model: str | None = None,
                                custom_loader: bool = False) -> None:
     """Everything that can be checked before the first generation: attacks, then every model source.
 
     Models given as loaded objects, or loaded by a caller's ``model_loader``, are the caller's business."""
     check_attacks(suite, overrides)
+    check_generation_backend(suite, models)
     if custom_loader:
         return
     for m in models:

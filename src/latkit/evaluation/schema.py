@@ -9,34 +9,40 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
+from latkit.config import StrictModel, format_validation_error
+from latkit.errors import LatkitError
 from latkit.judges import JudgeConfig, SuccessJudgeConfig
 
 SUITES_DIR = Path(__file__).with_name("suites")
 
 
-class SuiteError(ValueError):
+class SuiteError(LatkitError, ValueError):
     """An invalid suite file or an unusable suite setting (the message names the key)."""
 
 
 # --------------------------------------------------------------------------- schema
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GenerationConfig(_Strict):
+class GenerationConfig(StrictModel):
     """Defaults handed to every attack (an attack's ``params`` override them) and to benign compliance."""
 
     max_new_tokens: PositiveInt = 128
     batch_size: PositiveInt = 8
     system: str | None = None
+    #: ``vllm``: the attacks in :data:`latkit.evaluation.runner.VLLM_ATTACKS` generate with vLLM (one engine per
+    #: model; needs the ``vllm`` extra and a CUDA GPU); the others, and utility metrics, keep the HF path
+    backend: Literal["hf", "vllm"] = "hf"
+    #: keyword arguments for ``vllm.LLM`` (e.g. ``gpu_memory_utilization``, ``max_model_len``, ``dtype``)
+    vllm: dict[str, Any] = {}
+
+    #: the keys that configure the generation engine, not an attack
+    ENGINE_KEYS: ClassVar[frozenset] = frozenset({"backend", "vllm"})
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(StrictModel):
     """``name``: ``harmbench``, ``strongreject``, ``advbench`` or a file path (CSV/JSONL with ``columns``)."""
 
     name: str
@@ -81,7 +87,7 @@ class PairsConfig(DatasetConfig):
     min_words: NonNegativeInt = 12
 
 
-class AttackEntry(_Strict):
+class AttackEntry(StrictModel):
     """One attack from the registry (``latkit.attacks``) with its settings.
 
     ``sweep``: one setting and its values (one run per value). ``limit``: first N
@@ -116,7 +122,7 @@ class AttackEntry(_Strict):
         return self.label or self.name
 
 
-class BenignConfig(_Strict):
+class BenignConfig(StrictModel):
     """Benign compliance on latkit's shipped benign set (or ``path``: CSV/JSONL with a ``prompt`` column)."""
 
     enabled: bool = True
@@ -126,7 +132,7 @@ class BenignConfig(_Strict):
     max_new_tokens: PositiveInt | None = None
 
 
-class MMLUConfig(_Strict):
+class MMLUConfig(StrictModel):
     """Log-likelihood accuracy on MMLU-format CSVs; relative paths may be under the data dir.
 
     ``scoring``: ``letter`` (log-likelihood of " A".." D" after the lettered choices), ``cloze``
@@ -147,7 +153,7 @@ class MMLUConfig(_Strict):
     skip_if_missing: bool = False
 
 
-class PerplexityConfig(_Strict):
+class PerplexityConfig(StrictModel):
     """Perplexity and KL to the base on benign text (``texts`` file, default: the shipped benign prompts)."""
 
     texts: str | None = None
@@ -158,27 +164,27 @@ class PerplexityConfig(_Strict):
     max_length: PositiveInt = 512
 
 
-class LmEvalConfig(_Strict):
+class LmEvalConfig(StrictModel):
     tasks: list[str] = Field(min_length=1)
     limit: float | None = None
     num_fewshot: NonNegativeInt | None = None
     batch_size: PositiveInt = 8
 
 
-class UtilityConfig(_Strict):
+class UtilityConfig(StrictModel):
     benign: BenignConfig | None = BenignConfig()
     mmlu: MMLUConfig | None = None
     perplexity: PerplexityConfig | None = None
     lm_eval: LmEvalConfig | None = None
 
 
-class ReportConfig(_Strict):
+class ReportConfig(StrictModel):
     enabled: bool = True
     examples_per_run: NonNegativeInt = 2
     max_answer_chars: PositiveInt = 800
 
 
-class Suite(_Strict):
+class Suite(StrictModel):
     name: str
     description: str = ""
     data_dir: str | None = None
@@ -219,18 +225,6 @@ class Suite(_Strict):
         return self.primary_judge or self.judge_names[0]
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("refusal", "classifier", "rubric")))
-        if e["type"] == "extra_forbidden":
-            where = loc.rsplit(".", 1)[0] if "." in loc else "top level"
-            lines.append(f"unknown key {e['loc'][-1]!r} at {where}")
-        else:
-            lines.append(f"{loc or 'top level'}: {e['msg']}")
-    return f"invalid suite {source}: " + "; ".join(lines)
-
-
 def builtin_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
@@ -257,4 +251,5 @@ def load_suite(spec: str | os.PathLike | Mapping | Suite) -> Suite:
     try:
         return Suite.model_validate(data)
     except ValidationError as exc:
-        raise SuiteError(_format_errors(source, exc)) from None
+        raise SuiteError(f"invalid suite {source}: " + format_validation_error(
+            exc, root="top level", tags=("refusal", "classifier", "rubric"), unknown_at=True)) from None

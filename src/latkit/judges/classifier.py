@@ -340,7 +340,7 @@ class ClassifierJudge(Judge):
         return out
 
     def _causal_scores(self, prompts: list[str]) -> list[float]:
-        from latkit.evaluation.utility import score_continuations
+        from latkit.models.scoring import score_continuations
 
         labels = list(self.positive) + list(self.negative)
         lp = score_continuations(

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from latkit.errors import LatkitError
+
 _WRAPPER_ATTRS = ("module", "_fsdp_wrapped_module", "_orig_mod")
 
 
-class AdapterError(ValueError):
+class AdapterError(LatkitError, ValueError):
     """The model's structure could not be understood."""
 
 

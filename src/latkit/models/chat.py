@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
+from latkit.errors import LatkitError
+
 Messages = list[dict]
 Prompt = Union[str, Messages]
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(LatkitError, ValueError):
     """The tokenizer has no chat template (and none was given)."""
 
 

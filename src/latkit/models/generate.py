@@ -1,6 +1,14 @@
-"""Batched generation from chat prompts (greedy by default), left-padded."""
+"""Batched generation from chat prompts (greedy by default), left-padded.
+
+A faster engine can stand in for the Hugging Face loop: inside ``with generation_backend(engine)``, greedy
+:func:`generate` calls for the model the engine mirrors (``engine.serves(model)``) are answered by
+``engine.generate(prompts, max_new_tokens=, prefills=, system=)`` (e.g.
+:class:`latkit.models.vllm_engine.VLLMGenerator`).
+"""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Sequence
 
 import torch
@@ -17,6 +25,25 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int):
         input_ids[r, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
         attention[r, width - len(s):] = 1
     return input_ids, attention
+
+
+_BACKEND: ContextVar = ContextVar("latkit_generation_backend", default=None)
+
+
+@contextmanager
+def generation_backend(engine):
+    """Route greedy :func:`generate` calls for ``engine``'s model to ``engine`` while active (None: no-op)."""
+    token = _BACKEND.set(engine)
+    try:
+        yield engine
+    finally:
+        _BACKEND.reset(token)
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """The ids generation stops at: EOS and ChatML's ``<|im_end|>`` (where the vocabulary has them)."""
+    ids = (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted({i for i in ids if isinstance(i, int) and i >= 0})
 
 
 @torch.no_grad()
@@ -41,13 +68,15 @@ def generate(
     """
     if prefills is not None and len(prefills) != len(prompts):
         raise ValueError("prefills must have one entry per prompt")
+    engine = _BACKEND.get()
+    if engine is not None and not do_sample and engine.serves(model):
+        return engine.generate(prompts, max_new_tokens=max_new_tokens, prefills=prefills, system=system)
     encoded = [
         encode_prompt(tokenizer, p, system, prefill=(prefills[i] if prefills else ""))
         for i, p in enumerate(prompts)
     ]
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int) and i >= 0}
     out: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # length bucketing
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
@@ -68,7 +97,7 @@ def generate(
             top_p=None,
             top_k=None,
             pad_token_id=pad_id,
-            eos_token_id=sorted(stop_ids) or None,
+            eos_token_id=stop_ids(tokenizer) or None,
         )
         for r, i in enumerate(idx):
             out[i] = tokenizer.decode(gen[r, width:], skip_special_tokens=True).strip()

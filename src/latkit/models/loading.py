@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from latkit.errors import LatkitError
 from latkit.models.chat import ensure_chat_template
+from latkit.models.store import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 TINY_PREFIX = "tiny-random:"  # e.g. "tiny-random:llama": a 2-layer random model for smoke tests
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LatkitError, RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
 
@@ -111,12 +113,6 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return plain.to(dtype), tok
 
 
-def _atomic_save(model, tokenizer, target: Path) -> None:
-    from latkit.models.saving import atomic_save  # saving imports this module
-
-    atomic_save(model, tokenizer, target)
-
-
 def bundled_installed(name: str) -> bool:
     import importlib.metadata as md
 
@@ -139,7 +135,7 @@ def _bundled(name: str, dtype: torch.dtype, **kw):
         gguf_path = bundled_gguf_path(name)
         log.info("de-quantizing %s once into %s", gguf_path.name, target)
         model, tok = _load_gguf(gguf_path, torch.float32)
-        _atomic_save(model, tok, target)
+        atomic_save(model, tok, target)
     return _from_dir(target, dtype, **kw)
 
 
@@ -242,6 +238,18 @@ def load_model_and_tokenizer(
         ensure_chat_template(tok)
     model.eval()
     return model, tok
+
+
+def load_for_eval(name: str, device: str = "auto", *, merge: bool = False, require_chat_template: bool = True):
+    """``(model, tokenizer)`` to evaluate: float32, on ``device`` (``auto``: CUDA when available), in eval
+    mode. ``merge``: fold a PEFT adapter (a ``latkit train`` run) into its base (faster generation; the
+    same function up to rounding). ``require_chat_template=False`` for plain-text scoring."""
+    model, tok = load_model_and_tokenizer(name, dtype="float32", require_chat_template=require_chat_template)
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), tok
 
 
 def _bundled_alias(name: str) -> str | None:

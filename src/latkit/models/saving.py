@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 from latkit.models.loading import BUNDLED, HUB_IDS, TINY_PREFIX, ModelLoadError, cache_dir, hub_reachable
+from latkit.models.store import CARD, atomic_save
 
 BASE_DIR = "base-model"
-CARD = "README.md"
 EVAL_BEGIN, EVAL_END = "<!-- latkit:eval:begin -->", "<!-- latkit:eval:end -->"
 #: the fake commit under which the bundled copy is registered in the HF cache (says where it came from)
 BUNDLED_REVISION = hashlib.sha1(b"latkit bundled de-quantized copy").hexdigest()
@@ -89,50 +89,6 @@ def save_base(model, tokenizer, run_dir: Path) -> str:
     return str(target.resolve())
 
 
-def atomic_save(model, tokenizer, target: Path, **kw) -> Path:
-    """``save_pretrained`` (safetensors) of model + tokenizer into a temp dir, renamed into ``target``."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        save_model(model, tokenizer, tmp, **kw)
-        for f in tmp.iterdir():  # durable before the rename
-            if f.is_file():
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def save_model(model, tokenizer, directory: Path, *, base: str | None = None, card: str | None = None,
-               state_dict: dict | None = None) -> None:
-    """Save a PEFT adapter (with ``base`` as its base) or a full model, its tokenizer and model card.
-
-    ``state_dict``: full tensors to write instead of the model's own (e.g. gathered from FSDP shards)."""
-    directory = Path(directory)
-    extra = {"state_dict": state_dict} if state_dict is not None else {}
-    if hasattr(model, "peft_config"):
-        if base is not None:
-            for cfg in model.peft_config.values():
-                cfg.base_model_name_or_path = base
-        # save_embedding_layers=False: no hub lookup of the base's config (latkit never resizes embeddings)
-        model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False, **extra)
-    else:
-        model.save_pretrained(directory, safe_serialization=True, **extra)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    if card is not None:
-        (directory / CARD).write_text(card, encoding="utf-8")
-
-
 # ------------------------------------------------------------------ model card
 def method_name(recipe: dict) -> str:
     """RT / RT-EAT / RT-EAT-LAT / untargeted LAT / RLP / R2D2 / DPO(-LAT) / unlearning / SFT, from the recipe."""
@@ -149,10 +105,11 @@ def method_name(recipe: dict) -> str:
         return "R2D2-style adversarial training"
     if (recipe.get("data") or {}).get("harmful") is None:
         return "SFT"
-    return {"none": "RT (refusal training)", "random": "RLP (random latent perturbations)",
+    name = {"none": "RT (refusal training)", "random": "RLP (random latent perturbations)",
             "untargeted": "untargeted LAT" if latent else "untargeted AT (embedding space)",
             "targeted": "RT-EAT-LAT (targeted LAT)" if latent else "RT-EAT (embedding-space AT)",
             }.get(kind, kind)
+    return name + (" + safety-recovery augmentation" if recipe.get("recovery") else "")
 
 
 def model_card(recipe: dict, *, base: str, kind: str = "adapter", provenance: dict | None = None,

@@ -160,12 +160,12 @@ def layer_activations(model, batch: dict, layer: int | str, *, grad: bool = True
 
     One forward of ``model`` on ``input_ids`` / ``attention_mask`` / ``position_ids``
     (the LM head computes only the last position), recorded with
-    :func:`latkit.adversary.hooks.record`; ``grad=False`` runs under ``torch.no_grad``
+    :func:`latkit.models.hooks.record`; ``grad=False`` runs under ``torch.no_grad``
     (for the frozen model of RMU's retain loss). ``adapter``: the model's
     :class:`~latkit.models.adapter.ModelAdapter`, if the caller keeps one.
     """
-    from latkit.adversary.hooks import record
     from latkit.models.adapter import ModelAdapter
+    from latkit.models.hooks import record
 
     site = layer if isinstance(layer, str) else f"layer.{layer}"
     store: dict = {}

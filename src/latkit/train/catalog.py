@@ -11,7 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from latkit.train.recipe import RecipeError
+from latkit.errors import LatkitError
+
+
+class RecipeError(LatkitError, ValueError):
+    """A recipe is malformed or not found; the message names the offending key or file."""
 
 
 def recipes_dir() -> Path | None:

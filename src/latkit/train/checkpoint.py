@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from latkit.errors import LatkitError
 from latkit.train.distributed import shard_as, shard_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ MANIFEST = "manifest.json"
 REQUIRED = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LatkitError, RuntimeError):
     """A checkpoint cannot be written or trusted; the message says which and why."""
 
 

@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
+from latkit.data.jsonl import write_jsonl
 from latkit.data.schemas import BenignPair, DataError, HarmfulTriple
 from latkit.data.sources import resolve_source
 
 def _write_jsonl(path: Path, items) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for it in items:
-            f.write(json.dumps(asdict(it)) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, (asdict(it) for it in items), ensure_ascii=True)
 
 
 def _read_jsonl(path: Path, cls):

@@ -12,10 +12,16 @@ machine where accelerate cannot honour it is an error (:func:`check_engine`), no
 Sharded parameters are DTensors. :func:`full` gathers one (a collective: every rank calls it) and
 :func:`shard_as` cuts a full tensor back into the local shard of a parameter, so checkpoints and
 ``model/`` keep the single-process layout: full tensors under the same names.
+
+Gradient accumulation: :func:`gradient_sync` is the context of one defender micro-batch's forward. DDP skips its
+all-reduce when the *forward* runs under ``no_sync``; FSDP2 reads its flag
+(``FSDPModule.set_requires_gradient_sync``) in the *backward*, so for an FSDP2 module the flag is set for the
+coming backward and stays set until the next micro-batch sets it (the last one of each step sets it back on).
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -80,6 +86,27 @@ def fully_shard_model(model, layers, reshard_after_forward: bool = True):
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
+
+
+@contextmanager
+def gradient_sync(accelerator, model, sync: bool):
+    """Around the forward of one defender micro-batch whose backward follows it: ``sync=False`` (all but the
+    last micro-batch of a step) accumulates the gradients locally, with no collective. FSDP2 (latkit's on CPU,
+    accelerate's on GPU): ``set_requires_gradient_sync(sync)`` on every FSDP unit, read by its post-backward
+    (reduce-scatter once per step, of the accumulated unsharded gradients); if the micro-batch fails, sync is
+    switched back on. Anything else: ``accelerator.no_sync`` (DDP; a no-op for one process)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
+        try:
+            yield
+        except BaseException:
+            model.set_requires_gradient_sync(True)
+            raise
+        return
+    with nullcontext() if sync else accelerator.no_sync(model):
+        yield
 
 
 def is_sharded(t) -> bool:

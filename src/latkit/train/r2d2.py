@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from latkit.attacks.base import Behaviour
 from latkit.attacks.gcg import GCG, GCGConfig
 from latkit.data.schemas import HarmfulTriple
-from latkit.train.sampler import IndexStream
+from latkit.data.sampler import IndexStream
 
 
 class R2D2Settings(BaseModel):

@@ -13,25 +13,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from latkit.adversary.config import AdversaryConfig
+from latkit.config import StrictModel, format_validation_error
 from latkit.models.lora import LoraSettings
-from latkit.objectives.adversary import AdversaryObjective
+from latkit.objectives.adversary import OBJECTIVES, AdversaryObjective, TargetedObjective
 from latkit.objectives.defender import DefenderLosses
+from latkit.train.catalog import RecipeError, find_recipe
 from latkit.train.r2d2 import R2D2Settings
+from latkit.train.recovery import RecoverySettings
 from latkit.train.unlearn import UnlearnSection
 
 
-class RecipeError(ValueError):
-    """A recipe is malformed; the message names the offending key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSection(_Strict):
+class ModelSection(StrictModel):
     name: str = "smollm2-135m"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     chat_template: str | None = None
@@ -41,12 +36,12 @@ class ModelSection(_Strict):
     quantization: Literal["4bit", "8bit"] | None = None
 
 
-class FinetuneSection(_Strict):
+class FinetuneSection(StrictModel):
     method: Literal["lora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
-class HarmfulData(_Strict):
+class HarmfulData(StrictModel):
     """Harmful triples. ``source``: a path (CSV/JSONL/JSON), a HF dataset name, or ``advbench``
     (found in the data directory: ``$LATKIT_DATA_DIR`` or ``shared/data`` beside the working dir)."""
 
@@ -59,7 +54,7 @@ class HarmfulData(_Strict):
     max_new_tokens: int = Field(64, ge=1)
 
 
-class BenignData(_Strict):
+class BenignData(StrictModel):
     """Benign pairs. ``source: builtin`` = the project's benign prompts answered by the base
     model (self-distillation); otherwise a path / dataset with ``prompt`` and ``response``."""
 
@@ -69,7 +64,7 @@ class BenignData(_Strict):
     max_new_tokens: int = Field(64, ge=1)
 
 
-class DataSection(_Strict):
+class DataSection(StrictModel):
     harmful: HarmfulData | None = Field(default_factory=HarmfulData)
     benign: BenignData | None = Field(default_factory=BenignData)
     max_length: int = Field(256, ge=8)
@@ -80,7 +75,7 @@ class DataSection(_Strict):
 class AdversarySection(AdversaryConfig):
     """The latent adversary (see :class:`~latkit.adversary.AdversaryConfig`) and its objective."""
 
-    objective: AdversaryObjective = Field(default_factory=AdversaryObjective)
+    objective: AdversaryObjective = Field(default_factory=TargetedObjective)
 
     @model_validator(mode="after")
     def _usable_epsilon(self):
@@ -100,7 +95,7 @@ class AdversarySection(AdversaryConfig):
         return self
 
 
-class TrainSection(_Strict):
+class TrainSection(StrictModel):
     steps: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
     benign_batch_size: int = Field(8, ge=1)
@@ -119,11 +114,11 @@ class TrainSection(_Strict):
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
 
 
-class OutputSection(_Strict):
+class OutputSection(StrictModel):
     merge: bool = False
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """A complete LAT / RT / EAT / RLP / R2D2 / DPO(-LAT) / unlearning run."""
 
     name: str = "run"
@@ -135,6 +130,7 @@ class Recipe(_Strict):
     defender: DefenderLosses = Field(default_factory=DefenderLosses)
     r2d2: R2D2Settings | None = Field(None, description="GCG test cases in the loop (the R2D2 baseline)")
     unlearn: UnlearnSection | None = Field(None, description="unlearning on forget/retain text (GA, RMU, generic)")
+    recovery: RecoverySettings | None = Field(None, description="refusals after a harmful prefix (Qi et al. 2024)")
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
@@ -174,14 +170,18 @@ class Recipe(_Strict):
                                  "no defender.preference, adversary.objective.kind: none and no r2d2")
             if self.data.benign is None:
                 raise ValueError("data.harmful and data.benign are both null: nothing to train on")
+        if self.recovery is not None and (self.data.harmful is None or self.r2d2 is not None
+                                          or self.defender.preference is not None):
+            raise ValueError("recovery rewrites the refusals of harmful triples: it needs data.harmful and "
+                             "works with toward/away refusal training (not with r2d2 or defender.preference)")
         if self.adversary.objective.kind == "dpo" and self.defender.preference is None:
             raise ValueError("adversary.objective.kind: dpo takes its β and loss from defender.preference; set it")
         return self
 
     def _check_unlearn(self):
         adv, u = self.adversary, self.unlearn
-        if self.r2d2 is not None:
-            raise ValueError("r2d2 and unlearn cannot be combined")
+        if self.r2d2 is not None or self.recovery is not None:
+            raise ValueError("r2d2 / recovery and unlearn cannot be combined")
         kind = adv.objective.kind
         if kind not in ("targeted", "random", "none"):
             raise ValueError(f"an unlearning adversary is targeted (toward the forget text), random or none; "
@@ -242,23 +242,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _format_error(e: ValidationError) -> str:
-    msgs = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-        if err["type"] == "extra_forbidden":
-            msgs.append(f"unknown key {loc!r}")
-        else:
-            msgs.append(f"{loc or 'recipe'}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(msgs)
-
-
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
     data = apply_overrides(dict(data or {}), overrides or [])
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(f"invalid recipe: {_format_error(e)}") from None
+        raise RecipeError(f"invalid recipe: {format_validation_error(e, root='recipe', tags=OBJECTIVES)}") from None
     bad = _non_finite(recipe.model_dump(mode="python"))
     if bad:  # NaN / inf anywhere (a learning rate, a loss weight, a radius) trains a broken model
         raise RecipeError(f"invalid recipe: {bad[0]}: must be a finite number, got {bad[1]}")
@@ -267,8 +256,6 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe file, or a shipped recipe by name (``quickstart``; see ``latkit recipes``)."""
-    from latkit.train.catalog import find_recipe
-
     path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 
+from latkit.errors import LatkitError
+
 #: tracker -> (module that must import, the latkit extra that installs it)
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
 
 
-class TrackerError(RuntimeError):
+class TrackerError(LatkitError, RuntimeError):
     """A requested tracker cannot run (its package is missing)."""
 
 

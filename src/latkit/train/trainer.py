@@ -1,13 +1,13 @@
-"""The one LAT training loop: RT, RT-EAT, targeted LAT, untargeted LAT, RLP and R2D2 by recipe alone.
+"""The one LAT training loop: RT, RT-EAT, targeted LAT, untargeted LAT, RLP, R2D2, DPO(-LAT), unlearning
+and safety recovery by recipe alone.
 
-Per outer step, for each of ``grad_accum`` micro-batches the adversary attacks
-(or draws random δ, or does nothing; with ``r2d2:`` the harmful rows are GCG test
-cases updated against the current model first); then the defender takes
-``defender_steps`` optimiser updates on those micro-batches under their fixed
-δ, with gradients averaged over micro-batches. Built on ``accelerate``: the
-same code runs on CPU, one GPU, or ``accelerate launch`` (DDP/FSDP/DeepSpeed).
-The adversary runs on the unwrapped module: δ is per example, so the inner loop
-needs no communication between processes.
+Per outer step the run's task (:mod:`latkit.train.tasks`: its data, batches, objective, losses and
+state) makes ``grad_accum`` micro-batches; the adversary attacks each (or draws a random δ, or does
+nothing: the objective's :meth:`~latkit.objectives.adversary.Objective.perturb`); then the defender takes
+``defender_steps`` optimiser updates on those micro-batches under their fixed δ, with gradients
+averaged over micro-batches. Built on ``accelerate``: the same code runs on CPU, one GPU, or
+``accelerate launch`` (DDP/FSDP/DeepSpeed). The adversary runs on the unwrapped module: δ is per
+example, so the inner loop needs no communication between processes.
 """
 from __future__ import annotations
 
@@ -18,15 +18,14 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
-from latkit.adversary.latent import LatentAdversary, frozen_parameters
-from latkit.data.collator import PromptCompletionCollator
+from latkit.adversary.latent import LatentAdversary
+from latkit.errors import LatkitError
 from latkit.models.adapter import ModelAdapter
 from latkit.models.lora import apply_lora, is_peft, trainable_parameters
-from latkit.objectives.defender import benign_losses, harmful_losses
-from latkit.objectives.forward import to_device
 from latkit.train.compute import LayerTokenMeter
 from latkit.train.checkpoint import (
     atomic_write_text,
@@ -41,14 +40,14 @@ from latkit.train.checkpoint import (
     verify_checkpoint,
 )
 from latkit.train.distributed import (EngineError, check_engine, fsdp2_settings, full, full_optimizer_state,
-                                      fully_shard_model, is_sharded)
-from latkit.train.recipe import Recipe, data_fingerprint
-from latkit.train.sampler import IndexStream
+                                      fully_shard_model, gradient_sync, is_sharded)
+from latkit.train.recipe import Recipe
+from latkit.train.tasks import Task, TaskContext, build_task
 
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
+class TrainError(LatkitError, RuntimeError):
     """A run cannot start or continue (bad output dir, resume mismatch, …)."""
 
 
@@ -71,6 +70,14 @@ def _without_resumable(recipe_yaml: str) -> dict:
             node = node.get(k) or {}
         node.pop(last, None)
     return data
+
+
+def _resolved(data: dict) -> dict:
+    """A recipe dict with every field explicit (a recipe.yaml written by an older latkit may spell
+    the same run differently, e.g. settings of other objective kinds at their defaults)."""
+    from latkit.train.recipe import recipe_from_dict
+
+    return recipe_from_dict(data).model_dump(mode="json")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -111,12 +118,16 @@ class Trainer:
     """Runs a :class:`Recipe` into ``output_dir`` (see ``latkit train --help`` for the layout)."""
 
     def __init__(self, recipe: Recipe, output_dir: str | Path, *, resume: bool = False,
-                 model=None, tokenizer=None, progress: bool = True, stop_after: int | None = None):
+                 model=None, tokenizer=None, progress: bool = True,
+                 callbacks: Sequence[Callable[["Trainer"], None]] = (),
+                 task: Callable[[Recipe, TaskContext], Task] = build_task):
         self.recipe = recipe
         self.out = Path(output_dir)
         self.resume = resume
         self.progress = progress
-        self.stop_after = stop_after  # for tests: stop (as if killed) after this many steps
+        # called with the trainer after every outer step (logged and checkpointed); one that raises stops the run
+        self.callbacks = list(callbacks)
+        self._make_task = task  # (recipe, context) -> the training task; default: the one the recipe names
         self._model, self._tokenizer = model, tokenizer
         self._given_model = model is not None
 
@@ -129,7 +140,7 @@ class Trainer:
             old = recipe_file.read_text()
             if old != self.recipe.to_yaml():
                 try:
-                    same = _without_resumable(old) == _without_resumable(self.recipe.to_yaml())
+                    same = _resolved(_without_resumable(old)) == _resolved(_without_resumable(self.recipe.to_yaml()))
                 except Exception:  # an unreadable recipe.yaml is a different recipe
                     same = False
                 if not same:
@@ -217,19 +228,11 @@ class Trainer:
         ensure_chat_template(tok, r.model.chat_template)
         model.to(acc.device)
 
-        # data: generated parts are produced once (main process) and cached in the run dir
-        self.task = None
-        if r.unlearn is not None:  # forget/retain text instead of harmful triples / benign pairs
-            from latkit.train.unlearn import UnlearnTask
-
-            self.task = UnlearnTask(r, tok, rank=acc.process_index, world=acc.num_processes)
-            self.harmful, self.benign = [], []
-        else:
-            if self.is_main:
-                self.harmful, self.benign = self._prepare_data(model, tok)
-            acc.wait_for_everyone()
-            if not self.is_main:
-                self.harmful, self.benign = self._prepare_data(model, tok)
+        # the task: its data (generated parts made once by the main process, cached in the run dir)
+        self.context = TaskContext(recipe=r, tokenizer=tok, accelerator=acc, out=self.out, resume=self.resume,
+                                   log=self._print)
+        self.task = self._make_task(r, self.context)
+        self.task.load_data(self.context, model)
 
         if is_peft(model):
             # a run / adapter dir as the starting model: fold its adapter into the weights first, so the
@@ -243,12 +246,9 @@ class Trainer:
         else:
             for p in model.parameters():
                 p.requires_grad_(True)
-        if self.task is not None:
-            self.task.prepare_model(model, ModelAdapter.from_model(model), r.finetune.method)
+        self.task.prepare_model(model, ModelAdapter.from_model(model), r.finetune.method)
         self.reference = None
-        needs_reference = (r.defender.kl or r.defender.preference is not None
-                           or (r.unlearn is not None and r.unlearn.method == "rmu"))
-        if needs_reference:
+        if self.task.needs_reference:
             if r.finetune.method == "lora":
                 self.reference = lambda: self.accelerator.unwrap_model(self.model).disable_adapter()
             else:
@@ -275,24 +275,10 @@ class Trainer:
         self.adapter = ModelAdapter.from_model(self.inner)
         adv_cfg = r.adversary
         self.adversary = None
-        if adv_cfg.objective.kind != "none":
+        if adv_cfg.objective.uses_adversary:
             self.adversary = LatentAdversary(self.inner, adv_cfg, self.adapter)
-        self.preference = r.defender.harmful_preference()
-        self.harmful_collate = PromptCompletionCollator(
-            tok, ("harmful", "refusal"), r.data.max_length, r.data.padding_side, r.model.system_prompt)
-        self.benign_collate = PromptCompletionCollator(
-            tok, ("response",), r.data.max_length, r.data.padding_side, r.model.system_prompt)
-        self.harmful_stream = (IndexStream(len(self.harmful), r.train.batch_size, r.train.seed,
-                                           acc.process_index, acc.num_processes) if self.harmful else None)
-        self.benign_stream = (IndexStream(len(self.benign), r.train.benign_batch_size, r.train.seed + 1,
-                                          acc.process_index, acc.num_processes) if self.benign else None)
         self.generator = torch.Generator().manual_seed(r.train.seed * 7919 + acc.process_index)
-        self.pool = None
-        if r.r2d2 is not None:
-            from latkit.train.r2d2 import GCGPool
-
-            self.pool = GCGPool(self.harmful, r.r2d2, seed=r.train.seed, rank=acc.process_index,
-                                world=acc.num_processes, system=r.model.system_prompt)
+        self.task.start(self.context)
         self.meter = LayerTokenMeter(self.adapter)
         self.step = 0
         if self.resume:
@@ -320,7 +306,8 @@ class Trainer:
     def _write_model(self, model, directory: Path, *, kind: str, state_dict: dict | None = None) -> None:
         """An adapter (or full model) + tokenizer + model card into ``directory`` (no hub lookups);
         ``state_dict``: full tensors gathered from FSDP shards, when sharded."""
-        from latkit.models.saving import model_card, save_model
+        from latkit.models.saving import model_card
+        from latkit.models.store import save_model
         from latkit.train.summary import summarize_run
 
         card = model_card(self.recipe.model_dump(mode="json"), base=self.base_ref, kind=kind,
@@ -340,31 +327,6 @@ class Trainer:
                        extra={"mixed_precision": acc.mixed_precision, "num_processes": acc.num_processes,
                               "model": r.model.name})
 
-    def _prepare_data(self, model, tok):
-        from latkit.train.data import prepare_data
-
-        cache = self.out / "data"
-        if self.is_main:
-            self._check_data_cache(cache)
-        out = prepare_data(self.recipe, model, tok, cache, log=self._print)
-        if self.is_main:
-            atomic_write_text(cache / "fingerprint", data_fingerprint(self.recipe) + "\n")
-        return out
-
-    def _check_data_cache(self, cache: Path):
-        """Drop cached data built from another data section (a stale cache would train on the old rows)."""
-        cached = [p for p in (cache / "harmful.jsonl", cache / "benign.jsonl") if p.exists()]
-        if not cached:
-            return
-        stamp = cache / "fingerprint"
-        want = data_fingerprint(self.recipe)
-        have = stamp.read_text().strip() if stamp.exists() else None
-        if have == want or (have is None and self.resume):  # a pre-fingerprint run resumed with its own recipe
-            return
-        self._print(f"the data cache in {cache} was built from a different data section: rebuilding it")
-        for p in cached:
-            p.unlink()
-
     def _print(self, msg: str):
         if self.accelerator.is_main_process:
             print(f"[latkit] {msg}", flush=True)
@@ -379,10 +341,7 @@ class Trainer:
             trainable={k: full(v) for k, v in trainable_parameters(self.inner).items()},
             optimizer=full_optimizer_state(self.optimizer) if sharded else self.optimizer,
             scheduler=self.scheduler,
-            state={"harmful_stream": self.harmful_stream.state_dict() if self.harmful_stream else None,
-                   "benign_stream": self.benign_stream.state_dict() if self.benign_stream else None,
-                   "r2d2_pool": self.pool.state_dict() if self.pool else None,
-                   "unlearn": self.task.state_dict() if self.task else None},
+            state=self.task.state_dict(),
             rng=rng_state(self.generator), rank=acc.process_index, is_main=acc.is_main_process,
             barrier=acc.wait_for_everyone, keep=self.recipe.train.keep_checkpoints,
             # each checkpoint is also a loadable model (PEFT adapter / full model + tokenizer + card)
@@ -417,14 +376,7 @@ class Trainer:
             raise TrainError(f"--resume: {ckpt.name} is past train.steps={self.recipe.train.steps}; "
                              "a run can be extended, not shortened")
         self.step = int(state["step"])
-        if self.harmful_stream and state.get("harmful_stream"):
-            self.harmful_stream.load_state_dict(state["harmful_stream"])
-        if self.benign_stream and state.get("benign_stream"):
-            self.benign_stream.load_state_dict(state["benign_stream"])
-        if self.pool is not None and state.get("r2d2_pool"):
-            self.pool.load_state_dict(state["r2d2_pool"])
-        if self.task is not None and state.get("unlearn"):
-            self.task.load_state_dict(state["unlearn"])
+        self.task.load_state_dict(state)
         if rng:
             set_rng_state(rng, self.generator)
         self._truncate_metrics(self.step)
@@ -438,30 +390,8 @@ class Trainer:
             atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in keep))
 
     # ------------------------------------------------------------------- loop
-    def _harmful_rows(self, stats: dict) -> list:
-        if self.pool is None:
-            return [self.harmful[i] for i in self.harmful_stream.next()]
-        self.pool.maybe_reset(self.step)
-        with frozen_parameters(self.inner):
-            cases, s = self.pool.update(self.inner, self._tokenizer)
-        for k, v in s.items():
-            stats[k] = stats.get(k, 0.0) + v / self.recipe.train.grad_accum
-        return cases
-
     def _micro_batches(self, stats: dict):
-        dev = self.accelerator.device
-        out = []
-        if self.task is not None:
-            return [self.task.micro_batch(dev) for _ in range(self.recipe.train.grad_accum)]
-        for _ in range(self.recipe.train.grad_accum):
-            hb = None
-            if self.harmful_stream is not None:
-                hb = to_device(self.harmful_collate(self._harmful_rows(stats)), dev)
-            bb = None
-            if self.benign_stream is not None:
-                bb = to_device(self.benign_collate([self.benign[i] for i in self.benign_stream.next()]), dev)
-            out.append((hb, bb))
-        return out
+        return self.task.micro_batches(self.context, self.inner, self.step, stats)
 
     def _adversary_mode(self):
         """Eval mode: the adversary sees the same (dropout-free) model the defender trains. With
@@ -473,48 +403,23 @@ class Trainer:
             for layer in self.adapter.layers:
                 layer.training = True
 
-    def _reference_logps(self, micro) -> None:
-        """DPO: the reference's log-probs of each micro-batch (no δ, no grad), computed before the attack
-        that needs them and booked as the defender's compute."""
-        if self.preference is None:
-            return
-        from latkit.objectives.preference import reference_logps
-
+    def _before_attack(self, micro) -> None:
+        """The task's per-batch quantities without δ (e.g. DPO's reference log-probs), booked as the
+        defender's compute."""
         phase, self.meter.phase = self.meter.phase, "defender"
         try:
-            for hb, _ in micro:
-                if hb is not None:
-                    with self.accelerator.autocast():
-                        hb["ref_logps"] = reference_logps(self.inner, hb, self.preference, self.reference)
+            self.task.before_attack(self.inner, micro, self.reference, self.accelerator.autocast)
         finally:
             self.meter.phase = phase
 
     def _objective(self, hb):
-        """What the adversary minimises on ``hb`` (DPO's objective carries the batch's reference)."""
-        objective = self.recipe.adversary.objective
-        if self.task is not None:
-            return self.task.objective(objective)
-        if objective.kind == "dpo":
-            return self.preference.objective(hb["ref_logps"], swap=True)
-        return objective
+        """What the adversary minimises on ``hb``."""
+        return self.task.objective(self.recipe.adversary.objective, hb)
 
     def _attack(self, hb):
-        kind = self.recipe.adversary.objective.kind
         if self.adversary is None or hb is None:
             return None
-        if kind == "random":
-            return self.adversary.random(hb, self.generator)
-        with self.accelerator.autocast():
-            return self.adversary.attack(hb, self._objective(hb), self.generator)
-
-    def _harmful_losses(self, hb, under):
-        if hb is None:
-            return torch.zeros((), device=self.accelerator.device), {}, None, None
-        if self.preference is not None:
-            from latkit.objectives.preference import preference_losses
-
-            return preference_losses(self.model, hb, self.preference, hb["ref_logps"], under)
-        return harmful_losses(self.model, hb, self.recipe.defender, under)
+        return self._objective(hb).perturb(self.adversary, hb, self.generator, self.accelerator.autocast)
 
     def train_step(self) -> dict:
         with self.meter:
@@ -529,7 +434,7 @@ class Trainer:
         sums: dict[str, float] = {}
         self._adversary_mode()
         micro = self._micro_batches(metrics)  # with r2d2, GCG runs here: adversary compute
-        self._reference_logps(micro)
+        self._before_attack(micro)
         perts = [self._attack(hb) for hb, _ in micro]
         t1 = time.perf_counter()
         adv_cost = self.meter.take("adversary")
@@ -539,23 +444,17 @@ class Trainer:
         for it in range(r.train.defender_steps):
             for i, ((hb, bb), pert) in enumerate(zip(micro, perts)):
                 sync = i == n_acc - 1
-                ctx = nullcontext() if sync else acc.no_sync(self.model)
+                ctx = gradient_sync(acc, self.model, sync)  # FSDP2 too: one reduce-scatter per step
                 with ctx, acc.autocast():
                     def under(rows, _p=pert):
                         return self.adversary.apply(_p, rows) if _p is not None else nullcontext()
 
-                    if self.task is not None:  # hb/bb: forget/retain batches
-                        h_loss, h_parts, logits, rows = self.task.losses(
-                            self.model, self.inner, self.adapter, hb, bb, under, self.reference)
-                        b_loss, b_parts = 0.0, {}
-                    else:
-                        h_loss, h_parts, logits, rows = self._harmful_losses(hb, under)
-                        b_loss, b_parts = (benign_losses(self.model, bb, r.defender, self.reference)
-                                           if bb is not None else (0.0, {}))
-                    loss = (h_loss + b_loss) / n_acc
+                    task_loss, parts, logits, rows = self.task.losses(
+                        self.model, self.inner, self.adapter, hb, bb, under, self.reference)
+                    loss = task_loss / n_acc
                 acc.backward(loss)
                 if it == 0:
-                    for k, v in {**h_parts, **b_parts}.items():
+                    for k, v in parts.items():
                         sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0.0) + float(v) / n_acc
                     sums["loss/total"] = sums.get("loss/total", 0.0) + float(loss.detach())
                     if pert is not None and r.adversary.objective.optimised:
@@ -575,8 +474,7 @@ class Trainer:
         t2 = time.perf_counter()
         self._check_finite(sums.get("loss/total", 0.0))
         def_cost = self.meter.take("defender")
-        if self.task is not None:
-            self.task.end_step()
+        self.task.end_step()
         metrics.update(sums)
         for pert in perts:
             if pert is None:
@@ -672,8 +570,8 @@ class Trainer:
                 if r.train.checkpoint_every and (self.step % r.train.checkpoint_every == 0
                                                  or self.step == r.train.steps):
                     self._save()  # the last step too: a finished run can be extended (--resume, more steps)
-                if self.stop_after is not None and self.step >= self.stop_after and self.step < r.train.steps:
-                    raise KeyboardInterrupt(f"stopped after step {self.step} (stop_after)")
+                for callback in self.callbacks:
+                    callback(self)
         finally:
             if metrics_file is not None:
                 metrics_file.close()

@@ -9,13 +9,14 @@ The losses (gradient ascent, RMU, WHP-style generic labels) live in
 >>> len(split.forget), len(split.relearn), len(split.forget_eval)
 (8, 4, 4)
 """
-from latkit.unlearning.data import KnowledgeItem, TextCollator, load_mcq, load_texts, save_split, split_files
+from latkit.data.text import TextCollator, load_texts
+from latkit.unlearning.data import KnowledgeItem, load_mcq, save_split, split_files
+from latkit.unlearning.datadir import evaluate_data_dir
 from latkit.unlearning.evaluate import (
     CHANCE,
     SCORINGS,
     cloze_accuracy,
     cloze_context,
-    evaluate_data_dir,
     knowledge_report,
     mcq_accuracy,
 )

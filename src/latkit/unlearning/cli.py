@@ -164,7 +164,7 @@ def _pct(x) -> str:
 
 
 def format_report(results: dict) -> str:
-    """A plain-text summary of :func:`latkit.unlearning.evaluate.evaluate_data_dir` results."""
+    """A plain-text summary of :func:`latkit.unlearning.datadir.evaluate_data_dir` results."""
     lines = [f"{results.get('model', 'model')}  (scoring: {results['scoring']}, chance 25%)"]
     for part, acc in results["accuracy"].items():
         lo, hi = acc["ci95"]
@@ -179,8 +179,9 @@ def format_report(results: dict) -> str:
 
 def cmd_eval(args) -> int:
     from latkit.unlearning.data import split_files
-    from latkit.unlearning.evaluate import evaluate_data_dir
-    from latkit.unlearning.relearn import RelearnConfig, load_for_unlearning
+    from latkit.unlearning.datadir import evaluate_data_dir
+    from latkit.models.loading import load_for_eval
+    from latkit.unlearning.relearn import RelearnConfig
 
     split_files(args.data)  # a bad directory fails before the model loads
     relearn = None
@@ -190,7 +191,7 @@ def cmd_eval(args) -> int:
         relearn = RelearnConfig(steps=args.relearn_steps, learning_rate=args.relearn_lr,
                                 batch_size=args.relearn_batch_size, seed=args.seed, eval_batch_size=args.batch_size,
                                 lora=LoraSettings(r=args.relearn_rank, alpha=2 * args.relearn_rank))
-    model, tok = load_for_unlearning(args.model, args.device)
+    model, tok = load_for_eval(args.model, args.device, merge=True, require_chat_template=False)
     results = {"model": args.model, "data": str(args.data),
                **evaluate_data_dir(model, tok, args.data, scoring=args.scoring, batch_size=args.batch_size,
                                    relearn=relearn)}

@@ -1,16 +1,12 @@
-"""User data for unlearning: text corpora, multiple-choice sets, and text batches.
+"""User data for unlearning: multiple-choice sets and fact splits (text corpora and their batches,
+:func:`~latkit.data.text.load_texts` and :class:`~latkit.data.text.TextCollator`, live in ``latkit.data``).
 
-* :func:`load_texts`: forget / retain / relearn corpora from ``.txt`` (one text a
-  non-empty line), ``.jsonl`` / ``.json`` / ``.csv`` (a ``text`` column by
-  default) or an in-memory list of strings or records;
 * :func:`load_mcq`: 4-way questions from ``.csv`` / ``.jsonl`` / ``.json`` with the
   choices as ``A``–``D`` columns or one ``choices`` list, the answer as a letter or
   a 0-based index, and optionally a ``cloze`` column (see :class:`KnowledgeItem`);
 * :func:`save_split` / :func:`split_files`: a fact split as the JSONL files that
   ``latkit train`` unlearning recipes, ``latkit unlearn implant`` and
-  ``latkit unlearn eval`` read;
-* :class:`TextCollator`: raw texts into batches that :func:`latkit.objectives.forward.forward_logits`
-  and the token losses take unchanged.
+  ``latkit unlearn eval`` read.
 
 Every problem is a :class:`~latkit.data.schemas.DataError` that names the source,
 the row and the column (and lists the available columns when one is missing).
@@ -22,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from latkit.data.loaders import Source, load_records
+from latkit.data.jsonl import write_jsonl
 from latkit.data.schemas import DataError
 from latkit.evaluation.datasets import MCQItem
-from latkit.models.chat import encode_text
 
 LETTERS = "ABCD"
 
@@ -47,28 +41,6 @@ class KnowledgeItem(MCQItem):
         """The item as a JSON-able row that :func:`load_mcq` reads back (``extra`` fields first)."""
         return {**extra, "question": self.question, "choices": list(self.choices), "answer": self.answer,
                 "subject": self.subject, "cloze": self.cloze}
-
-
-def load_texts(source: Source | Sequence[str], *, column: str = "text", limit: int | None = None) -> list[str]:
-    """Texts from a ``.txt`` file (one per non-empty line), a CSV/JSONL/JSON file or list of records
-    (the ``column`` field), or a list of strings. Empty texts and a missing column are errors."""
-    if isinstance(source, (list, tuple)) and all(isinstance(s, str) for s in source):
-        texts = list(source[:limit] if limit is not None else source)
-        for i, t in enumerate(texts, start=1):
-            if not t.strip():
-                raise DataError(f"texts list, row {i}: empty text")
-        if not texts:
-            raise DataError("texts list: no texts")
-        return texts
-    if isinstance(source, (str, Path)) and Path(source).expanduser().suffix.lower() == ".txt":
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise DataError(f"{path}: file not found")
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-        if not lines:
-            raise DataError(f"{path}: no text lines")
-        return lines[:limit] if limit is not None else lines
-    return [r["text"] for r in load_records(source, columns={"text": column}, limit=limit)]
 
 
 def _parse_answer(value: Any, where: str) -> int:
@@ -157,12 +129,6 @@ MCQ_FILES = {"forget": "mcq_forget.jsonl", "retain": "mcq_retain.jsonl", "forget
 SPLIT_FILE = "split.json"
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
 def save_split(split, out_dir: str | Path, *, paraphrases: int | None = None, meta: Mapping | None = None) -> dict:
     """Write a :class:`~latkit.unlearning.facts.ForgetRetainSplit` into ``out_dir``; return the ``split.json`` record.
 
@@ -177,9 +143,9 @@ def save_split(split, out_dir: str | Path, *, paraphrases: int | None = None, me
     out.mkdir(parents=True, exist_ok=True)
     parts = split.parts()
     for part, name in TEXT_FILES.items():
-        _write_jsonl(out / name, [{"text": s, "fact": f.id} for f in parts[part] for s in f.statements[:paraphrases]])
+        write_jsonl(out / name, [{"text": s, "fact": f.id} for f in parts[part] for s in f.statements[:paraphrases]])
     for part, name in MCQ_FILES.items():
-        _write_jsonl(out / name, [f.mcq().record(id=f.id, topic=f.topic) for f in parts[part]])
+        write_jsonl(out / name, [f.mcq().record(id=f.id, topic=f.topic) for f in parts[part]])
     record = {**dict(meta or {}), "forget_topics": list(split.forget_topics), "paraphrases": paraphrases,
               "counts": {p: len(v) for p, v in parts.items()}, "ids": {p: [f.id for f in v] for p, v in parts.items()},
               "files": {**TEXT_FILES, **{f"mcq_{k}": v for k, v in MCQ_FILES.items()}}}
@@ -199,54 +165,3 @@ def split_files(data_dir: str | Path) -> dict[str, Path]:
     if not any(k.startswith("mcq_") for k in found):
         raise DataError(f"{d} holds none of {', '.join(MCQ_FILES.values())} (write them with `latkit unlearn facts`)")
     return found
-
-
-@dataclass
-class TextCollator:
-    """Callable turning raw texts into a batch whose loss counts every token but the first.
-
-    Keys as :class:`~latkit.data.collator.PromptCompletionCollator` with one group:
-    ``input_ids``, ``attention_mask``, ``position_ids`` (from the mask, so
-    activations do not depend on ``padding_side``), ``prompt_mask`` (all False),
-    ``completion_mask`` (the tokens a language-model loss counts), ``n_groups`` = 1
-    and ``groups`` = ``("text",)``. Texts are tokenized with one BOS (where the
-    tokenizer uses one) and cut to ``max_length`` tokens from the right.
-    """
-
-    tokenizer: Any
-    max_length: int = 512
-    padding_side: str = "right"
-
-    def __post_init__(self):
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
-
-    def __call__(self, texts: Sequence[str | Mapping[str, Any]]) -> dict:
-        if not texts:
-            raise DataError("no texts to collate")
-        seqs = []
-        for t in texts:
-            text = t.get("text") if isinstance(t, Mapping) else t
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"cannot collate an empty or non-text item: {t!r}"[:200])
-            seqs.append(encode_text(self.tokenizer, text, is_start=True)[: self.max_length])
-        B, T = len(seqs), max(len(s) for s in seqs)
-        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((B, T), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            start = 0 if self.padding_side == "right" else T - len(s)
-            input_ids[r, start : start + len(s)] = torch.tensor(s)
-            attention[r, start : start + len(s)] = 1
-        counted = attention.bool()
-        counted &= attention.cumsum(-1) > 1  # the first token is predicted by nothing
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
-            "prompt_mask": torch.zeros((B, T), dtype=torch.bool),
-            "completion_mask": counted,
-            "n_groups": 1,
-            "groups": ("text",),
-        }

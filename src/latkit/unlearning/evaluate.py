@@ -20,7 +20,6 @@ retain questions stay where they were.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Sequence
 
 from latkit.evaluation.utility import LETTERS, choice_accuracy, multiple_choice_accuracy, score_continuations
@@ -80,32 +79,3 @@ def knowledge_report(model, tokenizer, split: ForgetRetainSplit, *, parts: Seque
     if unknown:
         raise ValueError(f"unknown split part(s) {unknown!r}; available: {', '.join(available)}")
     return {p: mcq_accuracy(model, tokenizer, fact_mcqs(available[p]), **kwargs) for p in parts if available[p]}
-
-
-def evaluate_data_dir(model, tokenizer, data_dir: str | Path, *, scoring: Scoring = "cloze", batch_size: int = 8,
-                      relearn=None) -> dict:
-    """Knowledge of the questions in a split directory (``latkit unlearn facts --output DIR``) and, with a
-    :class:`~latkit.unlearning.relearn.RelearnConfig` as ``relearn``, the relearning curve.
-
-    Returns ``{"accuracy": {part: mcq_accuracy(...)}, "relearn": RelearnResult.to_dict() | None}``
-    with parts ``forget``, ``retain``, ``forget_eval`` (those whose file is present). The
-    relearning attack trains on ``relearn.jsonl`` and is measured on ``mcq_forget_eval.jsonl``.
-    """
-    from latkit.unlearning.data import load_mcq, load_texts, split_files
-
-    files = split_files(data_dir)
-    items = {k[len("mcq_"):]: load_mcq(v) for k, v in files.items() if k.startswith("mcq_")}
-    out: dict = {"scoring": scoring, "accuracy": {p: mcq_accuracy(model, tokenizer, v, scoring=scoring,
-                                                                  batch_size=batch_size) for p, v in items.items()},
-                 "relearn": None}
-    if relearn is not None:
-        from latkit.data.schemas import DataError
-        from latkit.unlearning.relearn import relearn_attack
-
-        missing = [f for f in ("relearn", "mcq_forget_eval") if f not in files]
-        if missing:
-            raise DataError(f"the relearning attack needs {' and '.join(m + '.jsonl' for m in missing)} in {data_dir}")
-        res = relearn_attack(model, tokenizer, load_texts(files["relearn"]), items["forget_eval"],
-                             relearn.model_copy(update={"scoring": scoring}))
-        out["relearn"] = res.to_dict()
-    return out

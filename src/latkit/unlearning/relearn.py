@@ -26,11 +26,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from latkit.data.text import TextCollator, load_texts
 from latkit.models.lora import LoraSettings, fresh_lora
-from latkit.unlearning.data import TextCollator, load_texts
 from latkit.unlearning.evaluate import Scoring, mcq_accuracy
 
 
@@ -75,9 +74,8 @@ def finetune_on_texts(
     ``evaluate``. ``merge=True`` merges the LoRA into the weights at the end, else
     it is removed. ``log`` gets a line every tenth of the run.
     """
-    from latkit.objectives.forward import forward_logits, to_device
-    from latkit.objectives.losses import cross_entropy
-    from latkit.train.sampler import IndexStream
+    from latkit.data.sampler import IndexStream
+    from latkit.objectives.finetune import finetune_steps
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -87,33 +85,26 @@ def finetune_on_texts(
         raise ValueError(f"eval_at needs an evaluate function and step counts within 0..{steps}, got {eval_at}")
     collate = TextCollator(tokenizer, max_length=max_length)
     stream = IndexStream(len(texts), batch_size, seed)
-    evals, losses = [], []
+    evals = []
     every = max(steps // 10, 1)
     with fresh_lora(model, lora or LoraSettings(), seed, merge=merge) as (peft_model, copied):
         target = peft_model.get_base_model()  # the same object once the LoRA is removed or merged
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-        device = next(peft_model.parameters()).device
-        for step in range(steps + 1):
+
+        def before(step):
             if step in eval_at:
                 peft_model.eval()
                 evals.append({"step": step, **evaluate(peft_model)})
-            if step == steps:
-                break
-            peft_model.train()
-            batch = to_device(collate([texts[i] for i in stream.next()]), device)
-            logits, off = forward_logits(peft_model, batch)
-            loss = cross_entropy(logits, batch["input_ids"], batch["completion_mask"], off)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            losses.append(float(loss.detach()))
+
+        losses: list[float] = []
+
+        def after(step, loss):
+            losses.append(loss)
             if log is not None and ((step + 1) % every == 0 or step + 1 == steps):
                 log(f"step {step + 1}/{steps}: loss {sum(losses[-every:]) / len(losses[-every:]):.4f}")
-        opt.zero_grad(set_to_none=True)
-        n_trainable = sum(p.numel() for p in params)
+
+        _, n_trainable = finetune_steps(
+            peft_model, lambda: collate([texts[i] for i in stream.next()]), steps, learning_rate=learning_rate,
+            weight_decay=weight_decay, max_grad_norm=max_grad_norm, before_step=before, after_step=after)
     return FinetuneResult(model=target, losses=losses, evals=evals, trainable_parameters=n_trainable,
                           copied_model=copied, n_texts=len(texts))
 
@@ -126,19 +117,6 @@ def implant_texts(model, tokenizer, texts: Sequence[str], steps: int, lr: float,
     return finetune_on_texts(model, tokenizer, texts, steps=steps, learning_rate=lr, merge=True, **kwargs).model
 
 
-def load_for_unlearning(name: str, device: str = "auto", *, merge: bool = True):
-    """``(model, tokenizer)`` in float32 on ``device`` (``auto``: CUDA when available), in eval mode; no chat
-    template needed. ``merge``: fold a PEFT adapter (a ``latkit train`` run) into its base."""
-    from latkit.models.loading import load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(name, dtype="float32", require_chat_template=False)
-    if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tok
-
-
 def implant_model_dir(model_name: str, text_files: Sequence, out_dir, *, steps: int, lr: float,
                       device: str = "auto", log: Callable[[str], None] | None = None, **kwargs) -> dict:
     """Load ``model_name``, implant the texts of ``text_files`` (:func:`implant_texts`; ``kwargs`` such as
@@ -149,16 +127,17 @@ def implant_model_dir(model_name: str, text_files: Sequence, out_dir, *, steps: 
     import time
     from pathlib import Path
 
-    from latkit.models.loading import _atomic_save
+    from latkit.models.loading import load_for_eval
+    from latkit.models.store import atomic_save
 
     files = [str(f) for f in text_files]
     texts = [t for f in files for t in load_texts(f)]  # a bad file fails before the model loads
-    model, tok = load_for_unlearning(model_name, device)
+    model, tok = load_for_eval(model_name, device, merge=True, require_chat_template=False)
     t0 = time.perf_counter()
     res = finetune_on_texts(model, tok, texts, steps=steps, learning_rate=lr, merge=True, log=log, **kwargs)
     wall = time.perf_counter() - t0
     out = Path(out_dir)
-    _atomic_save(res.model.cpu(), tok, out)
+    atomic_save(res.model.cpu(), tok, out)
     lora = kwargs.get("lora") or LoraSettings()
     record = {"base_model": model_name, "texts": files, "n_texts": len(texts), "steps": steps, "lr": lr,
               **{k: v for k, v in kwargs.items() if k != "lora"}, "lora": lora.model_dump(mode="json"),
