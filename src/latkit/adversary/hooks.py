@@ -26,10 +26,10 @@ def _make_full_hook(delta: torch.Tensor):
     """Add δ shaped like the module's whole output (no position mask): any module, any output shape."""
 
     def hook(module, args, output):
-        hidden, original = _split(output)
+        hidden, original = split_output(output)
         if hidden.shape != delta.shape:
             raise PerturbationError(f"δ has shape {tuple(delta.shape)} but the output is {tuple(hidden.shape)}")
-        return _join((hidden.float() + delta).to(hidden.dtype), original)
+        return join_output((hidden.float() + delta).to(hidden.dtype), original)
 
     return hook
 
