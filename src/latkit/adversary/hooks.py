@@ -22,6 +22,18 @@ class PerturbationError(LatkitError, RuntimeError):
     """δ does not fit the activations it is applied to."""
 
 
+def _make_full_hook(delta: torch.Tensor):
+    """Add δ shaped like the module's whole output (no position mask): any module, any output shape."""
+
+    def hook(module, args, output):
+        hidden, original = split_output(output)
+        if hidden.shape != delta.shape:
+            raise PerturbationError(f"δ has shape {tuple(delta.shape)} but the output is {tuple(hidden.shape)}")
+        return join_output((hidden.float() + delta).to(hidden.dtype), original)
+
+    return hook
+
+
 def _make_hook(delta: torch.Tensor, mask: torch.Tensor, clamp=None):
     B, T = delta.shape[:2]
 
@@ -51,22 +63,23 @@ def _make_hook(delta: torch.Tensor, mask: torch.Tensor, clamp=None):
 def perturb(
     adapter: ModelAdapter,
     deltas: Mapping[str, torch.Tensor],
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     clamp: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ):
     """Add ``deltas[site]`` (``(B, T, H)``, fp32) to the output of each site while active.
 
     ``mask`` (``(B, T)`` or ``(N, T)`` bool) selects perturbed positions. A forward
     with ``N = k·B`` rows (k completion groups of the same examples) applies each
-    example's δ to all its rows.
+    example's δ to all its rows. With ``mask=None`` each δ has the shape of its site's whole output
+    (``adapter`` may then be a :class:`latkit.adversary.modules.ModuleSites` on any module).
     """
     handles = []
     try:
         for site, delta in deltas.items():
             module = adapter.site_module(site)
-            handles.append(
-                module.register_forward_hook(_make_hook(delta, mask, None if clamp is None else clamp.get(site)))
-            )
+            hook = _make_full_hook(delta) if mask is None else \
+                _make_hook(delta, mask, None if clamp is None else clamp.get(site))
+            handles.append(module.register_forward_hook(hook))
         yield
     finally:
         for h in handles:
