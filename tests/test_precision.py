@@ -448,3 +448,26 @@ def test_merged_lora_inside_held_weights_replaces_the_held_copy_and_restores_it(
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert torch.allclose(out, ref, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("mp,want", [("bf16", "eager"), ("no", "sdpa")])
+def test_auto_attention_is_eager_under_cpu_bf16_only(tmp_path, fresh_accelerate_state, mp, want):
+    """SDPA's CPU flash-attention backward is slow in bf16 (benchmarks/RESULTS.md): ``auto`` picks eager there."""
+    from tests.test_trainer import tiny_recipe
+    from latkit.models.adapter import ModelAdapter
+    from latkit.train import Trainer
+
+    t = Trainer(tiny_recipe(**{"train.steps": 1, "train.mixed_precision": mp}), tmp_path / "run", progress=False).setup()
+    assert ModelAdapter.from_model(t.inner).base.config._attn_implementation == want
+    t.train()
+    assert (tmp_path / "run" / "model").is_dir()
+
+
+def test_attention_setting_is_honoured(tmp_path, fresh_accelerate_state):
+    from tests.test_trainer import tiny_recipe
+    from latkit.models.adapter import ModelAdapter
+    from latkit.train import Trainer
+
+    r = tiny_recipe(**{"train.steps": 1, "train.mixed_precision": "bf16", "model.attn_implementation": "sdpa"})
+    t = Trainer(r, tmp_path / "run", progress=False).setup()
+    assert ModelAdapter.from_model(t.inner).base.config._attn_implementation == "sdpa"

@@ -34,6 +34,9 @@ class ModelSection(StrictModel):
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     quantization: Literal["4bit", "8bit"] | None = None
+    #: attention kernel: ``auto`` = eager under bf16 autocast on CPU (SDPA's CPU flash-attention backward is
+    #: slow in bf16: 1.21x per LAT step measured on AMX, benchmarks/RESULTS.md), the model's default otherwise
+    attn_implementation: Literal["auto", "sdpa", "eager"] = "auto"
 
 
 class FinetuneSection(StrictModel):

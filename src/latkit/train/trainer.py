@@ -256,6 +256,7 @@ class Trainer:
                 import copy
 
                 self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self._set_attention(model)
         if r.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
@@ -435,6 +436,17 @@ class Trainer:
         micro = self._micro_batches(metrics)  # with r2d2, GCG runs here: adversary compute
         with self._frozen_weights_held():
             return self._attack_and_defend(micro, metrics, t0)
+
+    def _set_attention(self, model) -> None:
+        """``model.attn_implementation`` (``auto``: eager under bf16 autocast on CPU, else as loaded)."""
+        want = self.recipe.model.attn_implementation
+        acc = self.accelerator
+        if want == "auto":
+            want = "eager" if acc.device.type == "cpu" and str(acc.mixed_precision) == "bf16" else None
+        base = ModelAdapter.from_model(model).base
+        if want and getattr(base.config, "_attn_implementation", None) != want:
+            base.set_attn_implementation(want)
+            log.info("attention: %s", want)
 
     def _frozen_weights_held(self):
         """Under mixed precision, the frozen weights held cast for the attack and the defender's steps
