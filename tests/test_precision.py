@@ -189,6 +189,18 @@ def test_autocast_weights_is_a_no_op_without_autocast_and_restores_on_error():
     assert all(p is before[n] for n, p in model.named_parameters())
 
 
+def _counting(cm, counts: list):
+    """``cm`` (a context manager yielding a count) that also appends each count to ``counts``."""
+
+    @__import__("contextlib").contextmanager
+    def spy(*a, **kw):
+        with cm(*a, **kw) as n:
+            counts.append(n)
+            yield n
+
+    return spy
+
+
 # ------------------------------------------------------------------------------------------ merged LoRA
 def _trained_lora_model(layers=4, seed=0):
     """A LoRA model whose B matrices are non-zero (PEFT initialises B = 0, which would make merging trivial)."""
@@ -273,15 +285,7 @@ def test_merge_lora_auto_merges_only_under_autocast(triples, monkeypatch):
     model, tok = _trained_lora_model(layers=3)
     batch = _batch(tok, triples)
     counts = []
-    real = lora_mod.merged_lora
-
-    @__import__("contextlib").contextmanager
-    def counting(*a, **kw):
-        with real(*a, **kw) as n:
-            counts.append(n)
-            yield n
-
-    monkeypatch.setattr(latent, "merged_lora", counting)
+    monkeypatch.setattr(latent, "merged_lora", _counting(lora_mod.merged_lora, counts))
     _attack(model, batch, bf16=False, final_eval=False)
     _attack(model, batch, bf16=True, final_eval=False)
     _attack(model, batch, bf16=True, final_eval=False, merge_lora=False)
@@ -368,14 +372,8 @@ def _run_bf16(tmp_path, name, monkeypatch=None, hold=True, **over):
 
     r = tiny_recipe(**{"train.steps": 2, "train.mixed_precision": "bf16", **over})
     t = Trainer(r, tmp_path / name, progress=False)
-    if not hold:
-        counts = []
-
-        def per_forward_casts(self):
-            counts.append(1)
-            return nullcontext()
-
-        monkeypatch.setattr(trainer_mod.Trainer, "_frozen_weights_held", per_forward_casts)
+    if not hold:  # autocast casts the frozen weights at every forward
+        monkeypatch.setattr(trainer_mod.Trainer, "_frozen_weights_held", lambda self: nullcontext())
     t.train()
     rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()][1:]
     keep = [{k: v for k, v in row.items() if "loss" in k or k in ("grad_norm", "adv/delta_norm")} for row in rows]
@@ -389,15 +387,8 @@ def test_holding_frozen_weights_for_the_outer_step_changes_no_number(tmp_path, m
     them at every defender forward: the same trained weights and the same losses, bit for bit."""
     from latkit.train import trainer as trainer_mod
 
-    held_counts, real = [], trainer_mod.frozen_weights_held
-
-    @__import__("contextlib").contextmanager
-    def spy(*a, **k):
-        with real(*a, **k) as n:
-            held_counts.append(n)
-            yield n
-
-    monkeypatch.setattr(trainer_mod, "frozen_weights_held", spy)
+    held_counts = []
+    monkeypatch.setattr(trainer_mod, "frozen_weights_held", _counting(trainer_mod.frozen_weights_held, held_counts))
     held, m_held = _run_bf16(tmp_path, "held", **{"adversary.merge_lora": merge})
     assert len(held_counts) == 2
     from accelerate.state import AcceleratorState

@@ -248,6 +248,7 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(True)
         self.task.prepare_model(model, ModelAdapter.from_model(model), r.finetune.method)
+        self._set_attention(model)  # before the reference copy: both run the same kernel
         self.reference = None
         if self.task.needs_reference:
             if r.finetune.method == "lora":
@@ -256,7 +257,6 @@ class Trainer:
                 import copy
 
                 self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self._set_attention(model)
         if r.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
