@@ -78,8 +78,10 @@ _batch = {}
 attack = t.adversary.attack
 
 
-def per_example(d, ex):  # (B, T, H), (B, T) -> [ (n_b, H) ]
-    return [d[b][ex[b]].detach().clone() for b in range(d.shape[0])]
+def per_example(d, ex):  # (B, T', H), (B, T) -> [ (n_b, H) ]
+    # δ (and its gradient) is in the grouped layout (T' = T) or, under share_prompt, the packed one, whose
+    # prompt sits at the same leading positions: index by position, not by a mask of the grouped length
+    return [d[b][ex[b].nonzero().squeeze(1)].detach().clone() for b in range(d.shape[0])]
 
 
 def recording_attack(batch, objective, generator=None, **kw):

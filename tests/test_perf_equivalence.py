@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 
 FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "gemma3", "gpt_neox", "phi3"]
 OBJ = TargetedObjective(toward=1.0, away=1.0)
+PLAIN = {"share_prompt": False, "prefix_cache": False}  # the plain path (both switches default on)
 
 
 def _batch(tok, triples, padding="right"):
@@ -115,7 +116,7 @@ def test_attack_with_prefix_cache_is_identical(optimizer, triples):
     out = []
     for prefix in (False, True):
         cfg = AdversaryConfig(sites=["layer.1", "layer.2"], epsilon=3.0, optimizer=optimizer, step_size=0.1, steps=4,
-                              prefix_cache=prefix)
+                              prefix_cache=prefix, share_prompt=False)
         out.append(LatentAdversary(model, cfg).attack(batch, OBJ, final_eval=True))
     plain, cached = out
     assert plain.losses == pytest.approx(cached.losses, rel=1e-5, abs=1e-6)
@@ -125,9 +126,10 @@ def test_attack_with_prefix_cache_is_identical(optimizer, triples):
     assert plain.stats["loss_after"] < plain.stats["loss_before"]
 
 
-def test_optimisations_default_off_and_optional():
-    assert AdversaryConfig().prefix_cache is False and AdversaryConfig().share_prompt is False
-    assert AdversaryConfig(prefix_cache=True, share_prompt=True).share_prompt is True
+def test_optimisations_default_on_and_optional():
+    assert AdversaryConfig().prefix_cache is True and AdversaryConfig().share_prompt is True
+    plain = AdversaryConfig(prefix_cache=False, share_prompt=False)
+    assert plain.prefix_cache is False and plain.share_prompt is False
 
 
 def test_prefix_cache_under_lora_and_gradient_checkpointing(triples):
@@ -230,7 +232,7 @@ def test_attack_with_shared_prompt_matches_plain(kw, triples):
     model, tok = tiny_model("llama", num_layers=4)
     batch = _batch(tok, triples)
     out = []
-    for extra in ({}, kw):
+    for extra in (PLAIN, kw):
         cfg = AdversaryConfig(sites=["embed", "layer.1", "layer.2"], epsilon=3.0, optimizer="sign", step_size=0.05,
                               steps=3, **extra)
         out.append(LatentAdversary(model, cfg).attack(batch, OBJ, final_eval=True))
@@ -382,3 +384,90 @@ def test_compiled_blocks_same_delta_gradients(triples):
         torch._dynamo.reset()
     _assert_close(eager, compiled, atol=1e-5, rtol=1e-4)
     _assert_close(eager, compiled_prefix, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------ the defender's shared prompt
+def _defender_loss_and_grads(model, batch, adversary, pert, coefs):
+    from latkit.adversary.latent import Under
+    from latkit.objectives.defender import harmful_losses
+
+    model.zero_grad(set_to_none=True)
+    total, parts, logits, rows = harmful_losses(model, batch, coefs, Under(adversary, pert))
+    total.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return total.detach(), parts, logits, rows, grads
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gpt_neox"])
+@pytest.mark.parametrize("clamp", [False, True])
+def test_defender_shared_prompt_matches_grouped(family, clamp, triples):
+    """The defender's forward under δ in the shared-prompt layout gives the grouped layout's losses, logits
+    and LoRA gradients (fp32), for both completion groups at once and for one group alone."""
+    from latkit.models.lora import LoraSettings, apply_lora
+    from latkit.objectives.defender import DefenderLosses
+
+    model, tok = tiny_model(family, num_layers=4)
+    model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    batch = _batch(tok, triples)
+    cfg = dict(sites=["embed", "layer.1"], epsilon=2.0, steps=2, step_size=0.1, clamp_to_clean_range=clamp)
+    grouped = LatentAdversary(model, AdversaryConfig(**cfg, **PLAIN))
+    shared = LatentAdversary(model, AdversaryConfig(**cfg))
+    pert = grouped.attack(batch, OBJ, generator=torch.Generator().manual_seed(0))
+    assert any(float(d.abs().sum()) > 0 for d in pert.deltas.values())
+    for coefs in (DefenderLosses(toward=1.0, away=0.5, sft=0.0), DefenderLosses(toward=1.0, away=0.0, sft=0.0)):
+        a = _defender_loss_and_grads(model, batch, grouped, pert, coefs)
+        b = _defender_loss_and_grads(model, batch, shared, pert, coefs)
+        assert torch.allclose(a[0], b[0], atol=1e-6, rtol=1e-5), (float(a[0]), float(b[0]))
+        assert a[1].keys() == b[1].keys() and a[3] == b[3] and a[2].shape == b[2].shape
+        m = batch["completion_mask"][a[3]][:, -a[2].shape[1]:]
+        assert torch.allclose(a[2][m], b[2][m], atol=1e-5)
+        assert a[4].keys() == b[4].keys() and a[4]
+        for n in a[4]:
+            assert torch.allclose(a[4][n], b[4][n], atol=1e-6, rtol=1e-4), (n, float((a[4][n] - b[4][n]).abs().max()))
+    # the packed layout really ran: one row per example
+    seen = []
+    h = model.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        _defender_loss_and_grads(model, batch, shared, pert, DefenderLosses(toward=1.0, away=1.0, sft=0.0))
+    finally:
+        h.remove()
+    assert seen == [batch["input_ids"].shape[0] // batch["n_groups"]]
+
+
+def test_defender_shared_prompt_falls_back_on_left_padding_and_clean(triples):
+    from latkit.adversary.latent import Under
+    from latkit.objectives.defender import DefenderLosses, harmful_losses
+
+    model, tok = tiny_model("llama", num_layers=2)
+    left = _batch(tok, triples, "left")
+    adv = LatentAdversary(model, AdversaryConfig(sites=["layer.0"], epsilon=1.0, steps=1))
+    pert = adv.attack(left, OBJ)
+    coefs = DefenderLosses(toward=1.0, away=1.0, sft=0.0)
+    with torch.no_grad():
+        a = harmful_losses(model, left, coefs, Under(adv, pert))[0]
+        b = harmful_losses(model, left, coefs, lambda rows: adv.apply(pert, rows))[0]
+        clean = harmful_losses(model, left, coefs, Under(None, None))[0]
+        plain_clean = harmful_losses(model, left, coefs)[0]
+    assert torch.allclose(a, b) and torch.allclose(clean, plain_clean) and not torch.allclose(a, clean)
+
+
+def test_clean_defender_forward_shares_the_prompt_too(triples):
+    """RT's defender (no adversary) runs the same packed layout as LAT's, so the two cost the same."""
+    from latkit.adversary.latent import Under
+    from latkit.objectives.defender import DefenderLosses, harmful_losses
+
+    model, tok = tiny_model("qwen2", num_layers=2)
+    batch = _batch(tok, triples)
+    coefs = DefenderLosses(toward=1.0, away=1.0, sft=0.0)
+    seen = []
+    h = model.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            shared = harmful_losses(model, batch, coefs, Under(None, None, adapter=ModelAdapter.from_model(model),
+                                                               share=True))
+            grouped = harmful_losses(model, batch, coefs, Under(None, None))
+    finally:
+        h.remove()
+    B = batch["input_ids"].shape[0] // batch["n_groups"]
+    assert seen == [B, 2 * B]
+    assert torch.allclose(shared[0], grouped[0], atol=1e-6, rtol=1e-5)

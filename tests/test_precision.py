@@ -121,7 +121,7 @@ def _batch(tok, triples):
 
 def _attack(model, batch, bf16=True, final_eval=True, **kw):
     cfg = AdversaryConfig(**{"sites": ["embed", "layer.1", "layer.2"], "epsilon": 3.0, "step_size": 0.05,
-                             "steps": 3, **kw})
+                             "steps": 3, "share_prompt": False, "prefix_cache": False, **kw})  # plain unless asked
     with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
         return LatentAdversary(model, cfg).attack(batch, OBJ, final_eval=final_eval)
 

@@ -25,14 +25,16 @@ class AdversaryConfig(BaseModel):
     - ``positions``: which tokens are perturbed.
     - ``clamp_to_clean_range``: clamp perturbed activations, per site and hidden
       unit, to the [min, max] seen on the clean batch (Casper et al.).
-    - ``prefix_cache``: compute the clean blocks below the earliest site once per
-      attack and reuse them at every PGD step (same δ-gradients; no effect when a
-      site is ``embed``). See :mod:`latkit.adversary.prefix`.
-    - ``share_prompt``: run the PGD forwards on one row per example holding the
+    - ``prefix_cache`` (default on): compute the clean blocks below the earliest site
+      once per attack and reuse them at every PGD step (same δ-gradients; no effect
+      when a site is ``embed``). See :mod:`latkit.adversary.prefix`.
+    - ``share_prompt`` (default on): run the PGD forwards on one row per example holding the
       prompt once and every completion after it (custom attention mask; same
       logits and δ-gradients), instead of one row per completion group. Applies
       with ``positions: prompt`` on the collator's right-padded batches; otherwise
       the grouped forward is used. See :func:`latkit.objectives.forward.pack_shared_prompt`.
+      Both are proven equal to the plain path (losses and δ-gradients, fp32 and bf16)
+      on every tested family; set them false to run the plain path.
     - ``merge_lora``: during the attack (parameters frozen) run each PEFT LoRA linear layer as
       one matmul with ``W + scale·B·A`` instead of base + two thin LoRA matmuls
       (:func:`latkit.models.lora.merged_lora`; same function up to rounding). ``auto``: only
@@ -52,8 +54,8 @@ class AdversaryConfig(BaseModel):
     init: Init = "zero"
     positions: Positions = "prompt"
     clamp_to_clean_range: bool = False
-    prefix_cache: bool = False
-    share_prompt: bool = False
+    prefix_cache: bool = True
+    share_prompt: bool = True
     merge_lora: bool | Literal["auto"] = "auto"
 
     @field_validator("sites")

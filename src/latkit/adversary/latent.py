@@ -86,6 +86,64 @@ class Perturbation:
         return Perturbation(self.deltas, self.row_mask[rows], self.clamp, self.stats, self.losses)
 
 
+def _row_subset(batch: dict, rows: slice | None) -> dict:
+    """``batch`` restricted to the whole completion groups in ``rows`` (a group-major batch)."""
+    if rows is None:
+        return batch
+    N = batch["input_ids"].shape[0]
+    k = batch.get("n_groups", 1)
+    B = N // k
+    if rows.start % B or rows.stop % B:
+        raise ValueError(f"rows {rows} do not cover whole completion groups of {B} rows")
+    out = {key: (v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == N else v)
+           for key, v in batch.items()}
+    out["n_groups"] = (rows.stop - rows.start) // B
+    if "groups" in batch:
+        out["groups"] = tuple(batch["groups"])[rows.start // B: rows.stop // B]
+    return out
+
+
+def shared_layout(adapter: ModelAdapter, batch: dict) -> dict | None:
+    """``batch`` in the shared-prompt layout for ``adapter``'s model (its attention kernel, the autocast
+    or model dtype for the mask), or ``None`` where it does not apply
+    (:func:`~latkit.objectives.forward.pack_shared_prompt`)."""
+    impl = getattr(adapter.base.config, "_attn_implementation", None) or "eager"
+    dev = batch["input_ids"].device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else adapter.dtype
+    return pack_shared_prompt(batch, impl, dtype)
+
+
+class Under:
+    """What the defender's losses receive for one micro-batch: ``under(rows)`` is a context installing δ
+    for a forward over those rows (as :meth:`LatentAdversary.apply`; clean when there is no perturbation);
+    ``under.forward(model, batch, rows)`` runs that forward itself, sharing each prompt across its
+    completions when ``share`` (default: the adversary's ``share_prompt``) and the batch's layout allow —
+    under δ through :meth:`LatentAdversary.forward_under`, clean (RT, RLP's clean rows) directly."""
+
+    def __init__(self, adversary: "LatentAdversary | None", perturbation: Perturbation | None, *,
+                 adapter: ModelAdapter | None = None, share: bool | None = None):
+        self.adversary = adversary
+        self.perturbation = perturbation
+        self.adapter = adapter or (adversary.adapter if adversary is not None else None)
+        self.share = (adversary.config.share_prompt if adversary is not None else False) if share is None else share
+
+    def __call__(self, rows: slice | None = None):
+        if self.perturbation is None or self.adversary is None:
+            return nullcontext()
+        return self.adversary.apply(self.perturbation, rows)
+
+    def forward(self, model, batch: dict, rows: slice | None = None):
+        if self.perturbation is not None and self.adversary is not None:
+            return self.adversary.forward_under(self.perturbation, model, batch, rows)
+        packed = None
+        if self.share and self.adapter is not None:
+            sub = _row_subset(batch, rows)
+            packed = shared_layout(self.adapter, sub)
+        if packed is None:
+            return forward_logits(model, batch, rows)
+        return forward_logits_packed(model, sub, packed)
+
+
 class LatentAdversary:
     """δ added to the residual stream at ``config.sites``, optimised by PGD.
 
@@ -125,6 +183,28 @@ class LatentAdversary:
         p = perturbation.rows(rows)
         with perturb(self.adapter, p.deltas, p.row_mask, p.clamp):
             yield
+
+    def under(self, perturbation: Perturbation | None) -> "Under":
+        """The defender's view of ``perturbation``: a context factory over row slices that also runs the
+        forward itself, in the shared-prompt layout when ``config.share_prompt`` applies."""
+        return Under(self, perturbation)
+
+    def forward_under(self, perturbation: Perturbation | None, model, batch: dict, rows: slice | None = None):
+        """``(logits, offset)`` of rows ``rows`` of ``batch`` under ``perturbation`` (clean when ``None``),
+        as :func:`~latkit.objectives.forward.forward_logits` returns them. With ``config.share_prompt`` and
+        at least two whole completion groups in ``rows``, each example's prompt is run once for all its
+        completions (:func:`~latkit.objectives.forward.pack_shared_prompt`; δ lives on the prompt, so it is
+        placed on the packed prompt): the same logits, and parameter gradients, for less work."""
+        sub = _row_subset(batch, rows)
+        packed = self._packed(sub) if perturbation is not None else None
+        if packed is None:
+            ctx = self.apply(perturbation, rows) if perturbation is not None else nullcontext()
+            with ctx:
+                return forward_logits(model, batch, rows)
+        p = perturbation.rows(rows)
+        deltas = {s: self._to_packed(d, packed["input_ids"].shape[1]) for s, d in p.deltas.items()}
+        with perturb(self.adapter, deltas, packed["prompt_mask"], p.clamp):
+            return forward_logits_packed(model, sub, packed)
 
     def _clamp_ranges(self, batch):
         store: dict = {}
@@ -250,11 +330,7 @@ class LatentAdversary:
         """The shared-prompt layout of ``batch`` when ``config.share_prompt`` applies, else ``None``."""
         if not self.config.share_prompt or self.config.positions != "prompt":
             return None
-        base = self.adapter.base
-        impl = getattr(base.config, "_attn_implementation", None) or "eager"
-        dtype = torch.get_autocast_dtype(batch["input_ids"].device.type) if torch.is_autocast_enabled(
-            batch["input_ids"].device.type) else self.adapter.dtype
-        return pack_shared_prompt(batch, impl, dtype)
+        return shared_layout(self.adapter, batch)
 
     @staticmethod
     def _to_packed(delta, length):

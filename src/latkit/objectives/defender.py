@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latkit.objectives.forward import forward_logits, group_rows
+from latkit.objectives.forward import forward_logits, group_rows, run_under
 from latkit.objectives.losses import cross_entropy, kl_to_reference, unlikelihood
 from latkit.objectives.preference import PreferenceLoss
 
@@ -54,7 +54,8 @@ class DefenderLosses(BaseModel):
 
 def harmful_losses(model, batch: dict, coefs: DefenderLosses, perturbation=nullcontext,
                    harmful_group="harmful", refusal_group="refusal"):
-    """Defender losses on harmful triples under ``perturbation(rows)`` (a context manager factory).
+    """Defender losses on harmful triples under ``perturbation(rows)`` (a context manager factory, or an
+    :class:`~latkit.adversary.latent.Under` that runs the forward itself: see :func:`run_under`).
 
     Only the rows a non-zero coefficient needs are run (one batched forward).
     Returns ``(total, parts, logits, rows)``; ``logits`` (detached) let the caller
@@ -68,8 +69,7 @@ def harmful_losses(model, batch: dict, coefs: DefenderLosses, perturbation=nullc
         rows = slice(min(r.start, h.start), max(r.stop, h.stop))
     else:
         rows = r if coefs.toward else h
-    with perturbation(rows):
-        logits, off = forward_logits(model, batch, rows)
+    logits, off = run_under(perturbation, model, batch, rows)
     ids, mask = batch["input_ids"][rows], batch["completion_mask"][rows]
     base = rows.start
     total = 0.0

@@ -40,6 +40,17 @@ def forward_logits(model, batch: dict, rows: slice | None = None):
     return out.logits, offset
 
 
+def run_under(perturbation, model, batch: dict, rows: slice | None = None):
+    """``(logits, offset)`` of ``rows`` under ``perturbation``: its own ``forward`` when it has one
+    (:class:`latkit.adversary.latent.Under`, which may share each prompt across completions), else a
+    grouped :func:`forward_logits` inside ``perturbation(rows)``."""
+    forward = getattr(perturbation, "forward", None)
+    if forward is not None:
+        return forward(model, batch, rows)
+    with perturbation(rows):
+        return forward_logits(model, batch, rows)
+
+
 def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latkit.objectives.forward import forward_logits, group_rows
+from latkit.objectives.forward import forward_logits, group_rows, run_under
 from latkit.objectives.losses import cross_entropy, token_logprobs
 
 LOSS_TYPES = ("sigmoid", "ipo")
@@ -190,7 +190,6 @@ def preference_losses(model, batch: dict, loss: PreferenceLoss, reference: tuple
     with detached ``logits`` of all rows, e.g. to read the adversary's loss after PGD.
     """
     rows = slice(0, batch["input_ids"].shape[0])
-    with perturbation(rows):
-        logits, off = forward_logits(model, batch)
+    logits, off = run_under(perturbation, model, batch, rows)
     total, parts = loss(logits, batch, off, reference=reference)
     return total, parts, logits.detach(), rows

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from latkit.adversary.latent import LatentAdversary
+from latkit.adversary.latent import LatentAdversary, Under
 from latkit.errors import LatkitError
 from latkit.models.adapter import ModelAdapter
 from latkit.models.lora import apply_lora, is_peft, trainable_parameters
@@ -473,9 +473,8 @@ class Trainer:
                 sync = i == n_acc - 1
                 ctx = gradient_sync(acc, self.model, sync)  # FSDP2 too: one reduce-scatter per step
                 with ctx, acc.autocast():
-                    def under(rows, _p=pert):
-                        return self.adversary.apply(_p, rows) if _p is not None else nullcontext()
-
+                    under = Under(self.adversary, pert, adapter=self.adapter,  # δ for the defender's forwards
+                                  share=r.adversary.share_prompt)
                     task_loss, parts, logits, rows = self.task.losses(
                         self.model, self.inner, self.adapter, hb, bb, under, self.reference)
                     loss = task_loss / n_acc
