@@ -238,3 +238,12 @@ def test_training_from_an_adapter_run_starts_from_its_weights(tmp_path):
         assert moved > 1e-3  # the first run's adapter does change the function
         torch.testing.assert_close(t.inner(ids).logits, first(ids).logits, atol=1e-5, rtol=1e-5)
     assert trainable(t).keys() == trainable(fresh).keys()  # one fresh adapter, nothing nested
+
+
+def test_mixed_precision_no_from_a_bare_yaml_override():
+    """`--set train.mixed_precision=no` parses as YAML false: it means "no", not a schema error."""
+    r = recipe_from_dict({"name": "x"}, ["train.mixed_precision=no"])
+    assert r.train.mixed_precision == "no"
+    assert recipe_from_dict({"name": "x"}, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    with pytest.raises(RecipeError):
+        recipe_from_dict({"name": "x"}, ["train.mixed_precision=yes"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from latkit.adversary import AdversaryConfig, LatentAdversary, perturb, project
+from latkit.adversary.latent import Under
 from latkit.models.adapter import ModelAdapter
 from latkit.models.precision import frozen_weights_held
 from latkit.objectives import TargetedObjective, DefenderLosses, benign_losses, harmful_losses
@@ -131,7 +132,7 @@ class Spec:
 
     mode: str = "latkit"
     prefix: bool = False  # prefix cache (latkit only)
-    share: bool = False  # shared-prompt packing of the PGD forwards (latkit only)
+    share: bool = False  # shared-prompt packing of the PGD and defender forwards (latkit only)
     sign: bool = False  # sign-PGD (no optimiser state) instead of Adam
     bf16: bool = False  # bf16 autocast, fp32 δ
     auto: bool = False  # the precision latkit's ``auto`` picks on this device (latkit.models.precision)
@@ -370,8 +371,8 @@ def latkit_step(w: Workload, spec: Spec, probe: Probe, generator=None):
         model.train()
         for _ in range(w.defender_steps):
             with autocast(spec, w.device):
-                h_loss, _, _, _ = harmful_losses(model, w.harmful, w.defender,
-                                                 lambda rows: adversary.apply(pert, rows))
+                # as the trainer: the defender's harmful rows share the prompt under +share (latkit.adversary.Under)
+                h_loss, _, _, _ = harmful_losses(model, w.harmful, w.defender, Under(adversary, pert))
                 b_loss, _ = benign_losses(model, w.benign, w.defender)
                 loss = h_loss + b_loss
             loss.backward()

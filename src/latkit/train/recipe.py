@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from latkit.adversary.config import AdversaryConfig
 from latkit.config import StrictModel, format_validation_error
@@ -115,6 +115,12 @@ class TrainSection(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        """YAML reads a bare ``no`` (``--set train.mixed_precision=no``) as false: that means ``"no"``."""
+        return "no" if v is False else v
 
 
 class OutputSection(StrictModel):
