@@ -49,6 +49,21 @@ def _size(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.norm(dim=1) if norm == "l2" else flat.abs().amax(1)
 
 
+def input_pgd(modality, model, inputs, labels, *, norm: str, epsilon: float, steps: int,
+              step_size: float | None = None) -> torch.Tensor:
+    """The input-space δ (pixels, or embeddings) within the ``norm`` ball of radius ``epsilon`` that maximises
+    the task loss: AT's adversary, and the evaluation's seen attack."""
+    step = step_size or 2.5 * epsilon / steps
+    delta0 = modality.input_delta(model, inputs)
+
+    def neg_ce(d):
+        with modality.perturb_input(model, d["input"]):
+            return -_ce(modality, model, inputs, labels)
+
+    with frozen_norm_stats(model):
+        return pgd_whole({"input": delta0}, neg_ce, kind=norm, eps=epsilon, step_size=step, steps=steps)["input"]
+
+
 class Method(ABC):
     """One training method: ``loss(modality, model, inputs, labels, generator) -> (loss, metrics)``."""
 
@@ -86,20 +101,10 @@ class AT(Method):
 
     name = "at"
 
-    def attack(self, modality, model, inputs, labels, *, epsilon=None, steps=None, step_size=None, norm=None):
-        """The δ (input space) that maximises the task loss; also used by the evaluation's seen attack."""
-        eps = self.cfg.epsilon if epsilon is None else epsilon
-        steps = self.cfg.steps if steps is None else steps
-        norm = self.cfg.norm if norm is None else norm
-        step = step_size or self.cfg.step_size or 2.5 * eps / steps
-        delta0 = modality.input_delta(model, inputs)
-
-        def neg_ce(d):
-            with modality.perturb_input(model, d["input"]):
-                return -_ce(modality, model, inputs, labels)
-
-        with frozen_norm_stats(model):
-            return pgd_whole({"input": delta0}, neg_ce, kind=norm, eps=eps, step_size=step, steps=steps)["input"]
+    def attack(self, modality, model, inputs, labels):
+        c = self.cfg
+        return input_pgd(modality, model, inputs, labels, norm=c.norm, epsilon=c.epsilon, steps=c.steps,
+                         step_size=c.step_size)
 
     def loss(self, modality, model, inputs, labels, generator):
         t0 = time.perf_counter()
