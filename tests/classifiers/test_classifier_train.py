@@ -174,3 +174,22 @@ def test_factory_model_by_import_path(tmp_path, monkeypatch):
         with pytest.raises(ClassifierError, match=match):
             train(recipe_from_dict(recipe_dict(model={"factory": spec})), tmp_path / spec.replace(":", "_"),
                   progress=False)
+
+
+def test_shipped_image_recipes_chain(tmp_path, monkeypatch):
+    """implant → each method fine-tunes it (tiny overrides: the shipped sizes are the benchmark's)."""
+    from latkit.classifiers.recipe import load_recipe
+    from latkit.train.catalog import list_recipes
+
+    names = [n for n in list_recipes() if n.startswith("classifier-image-")]
+    assert set(names) == {f"classifier-image-{m}" for m in ("implant", "plain", "at", "lat", "rlp")}
+    small = ["train.steps=2", "data.train_size=32", "data.test_size=12", "model.widths=[4]", "train.batch_size=8",
+             "train.checkpoint_every=0"]
+    monkeypatch.chdir(tmp_path)
+    implant = load_recipe("classifier-image-implant", small)
+    assert implant.backdoor.poison_fraction > 0 and implant.method.kind == "plain"
+    train(implant, tmp_path / "runs" / "classifier-image-implant", progress=False)
+    for m in ("plain", "at", "lat", "rlp"):
+        r = load_recipe(f"classifier-image-{m}", small)
+        assert r.method.kind == m and r.train.init_from == "runs/classifier-image-implant"
+        assert train(r, tmp_path / m, progress=False).is_dir()
