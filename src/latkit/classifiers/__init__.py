@@ -1,1 +1,6 @@
-"""Classifiers (image and text): the latent adversary, training and evaluation beyond chat models (#19)."""
+"""Untargeted LAT beyond chat models: image and text classifiers (Casper et al., TMLR 2025).
+
+:mod:`~latkit.classifiers.modality` (what a modality supplies), :mod:`~latkit.classifiers.methods`
+(Plain / AT / LAT / RLP), :mod:`~latkit.classifiers.recipe` (``kind: classifier`` recipes),
+:mod:`~latkit.classifiers.trainer` and :mod:`~latkit.classifiers.evaluate`.
+"""
