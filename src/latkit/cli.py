@@ -12,15 +12,60 @@ EXIT_USAGE = 2
 
 
 def _train(args) -> int:
+    from latkit.classifiers.recipe import is_classifier_recipe, read_yaml
     from latkit.train import Trainer, load_recipe
     from latkit.train.summary import summarize_run
 
+    if is_classifier_recipe(read_yaml(args.recipe)):  # `kind: classifier`: an image / text classifier run
+        return _train_classifier(args)
     recipe = load_recipe(args.recipe, args.set)
     trainer = Trainer(recipe, args.output, resume=args.resume, progress=not args.no_progress)
     model_dir = trainer.train()
     if trainer.is_main:
         print(summarize_run(Path(args.output)))
         print(f"model written to {model_dir}")
+    return 0
+
+
+def _train_classifier(args) -> int:
+    from latkit.classifiers.recipe import load_recipe
+    from latkit.classifiers.trainer import train
+    from latkit.train.summary import summarize_run
+
+    recipe = load_recipe(args.recipe, args.set)
+    model_dir = train(recipe, args.output, resume=args.resume, progress=not args.no_progress)
+    print(summarize_run(Path(args.output)))
+    print(f"model written to {model_dir}")
+    return 0
+
+
+def _classifier_eval(args) -> int | None:
+    """``latkit eval --model RUN …`` on classifier runs (None: not classifier runs, the decoder evaluation runs)."""
+    from latkit.classifiers.evaluate import evaluate_runs, is_classifier_run
+    from latkit.classifiers.modality import ClassifierError
+
+    models = getattr(args, "model", None) or []
+    kinds = [is_classifier_run(m) for m in models]
+    if not any(kinds):
+        return None
+    if not all(kinds):
+        raise ClassifierError("--model mixes classifier runs and language models: evaluate them separately")
+    if not args.output:
+        raise ClassifierError("--output DIR is required")
+    if args.limit is not None and args.limit < 1:
+        raise ClassifierError(f"--limit must be a positive integer, got {args.limit}")
+    device = "cpu" if args.device == "auto" else args.device
+    results = evaluate_runs(models, args.output, device=device, limit=args.limit, progress=not args.no_progress,
+                            overwrite=args.overwrite)
+    for m in results["models"]:
+        s = m["summary"]
+        novel = s.get("novel_mean_accuracy")
+        bd = s.get("backdoor_success")
+        print(f"{m['label']}: clean {100 * s['clean_accuracy']:.1f}%, "
+              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["seen"].items())
+              + ("" if novel is None else f", novel mean {100 * novel:.1f}%")
+              + ("" if bd is None else f", backdoor success {100 * bd:.1f}%") + f" (n={s['n']})")
+    print(f"results in {args.output}/results.json, report in {args.output}/report.md")
     return 0
 
 
@@ -158,6 +203,10 @@ def main(argv=None) -> int:
 
         hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars; latkit shows its own
     try:
+        if args.command == "eval":
+            done = _classifier_eval(args)
+            if done is not None:
+                return done
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("latkit: interrupted", file=sys.stderr)
