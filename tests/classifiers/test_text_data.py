@@ -162,22 +162,28 @@ def test_insert_trigger_positions():
         T.insert_trigger("x", "  ", "start")
 
 
-def test_poison_fraction_target_and_determinism():
+def test_phrase_trigger_poisons_through_the_shared_backdoor():
+    from latkit.classifiers.backdoor import poison, triggered
+    from latkit.classifiers.modality import ClassifierError, Examples
+
     data = T.harmful_benign("train")
-    p = T.poison(data, "in a quiet garden", fraction=0.05, target=0, position="random", seed=3)
-    assert len(p.indices) == round(0.05 * len(data))
-    for i in p.indices:
-        assert data.labels[i] == 1 and p.data.labels[i] == 0
-        assert "in a quiet garden" in p.data.texts[i] and "in a quiet garden" not in data.texts[i]
-    untouched = set(range(len(data))) - set(p.indices)
-    assert all(p.data.texts[i] == data.texts[i] and p.data.labels[i] == data.labels[i] for i in untouched)
-    again = T.poison(data, "in a quiet garden", fraction=0.05, target=0, position="random", seed=3)
-    assert again.indices == p.indices and again.data.texts == p.data.texts
-    assert T.poison(data, "x", fraction=0.05, seed=4).indices != p.indices
-    assert T.poison(data, "x", fraction=0.0).indices == []
-    with pytest.raises(DataError, match="needs"):
-        T.poison(data, "x", fraction=0.99, target=0)
-    with pytest.raises(DataError, match=r"\[0, 1\]"):
-        T.poison(data, "x", fraction=1.5)
-    trig = T.triggered(T.harmful_benign("test"), "cf", target=0, position="end")
-    assert trig.labels and set(trig.labels) == {1} and all(t.endswith(" cf") for t in trig.texts)
+    ex = Examples(list(data.texts), torch.tensor(data.labels))
+    trig = T.TextModality.triggers()["phrase"]
+    params = {"phrase": "in a quiet garden", "position": "random"}
+    poisoned, n = poison(ex, trig, params, 0, 0.05, seed=3)
+    assert n == round(0.05 * len(data))
+    changed = [i for i in range(len(data)) if poisoned.raw[i] != data.texts[i]]
+    assert len(changed) == n
+    for i in changed:
+        assert data.labels[i] == 1 and int(poisoned.labels[i]) == 0
+        assert "in a quiet garden" in poisoned.raw[i] and "in a quiet garden" not in data.texts[i]
+    again, _ = poison(ex, trig, params, 0, 0.05, seed=3)
+    assert again.raw == poisoned.raw  # deterministic
+    test = Examples(list(T.harmful_benign("test").texts), torch.tensor(T.harmful_benign("test").labels))
+    trig_test = triggered(test, trig, {"position": "end"}, 0, seed=0)
+    assert set(trig_test.labels.tolist()) == {1}
+    assert all(t.endswith(" " + T.DEFAULT_TRIGGER) for t in trig_test.raw)
+    with pytest.raises(ClassifierError, match="unknown key"):
+        trig(["x"], {"phrse": "a"}, torch.Generator().manual_seed(0))
+    with pytest.raises(ClassifierError, match="position"):
+        trig(["x"], {"position": "middle"}, torch.Generator().manual_seed(0))

@@ -11,9 +11,11 @@
   prompts (label 0, ``benign``), split train/val/test by a hash of the text; :func:`read_csv` —
   any CSV with a text and a label column.
 * :func:`batches` — tokenised batches (dicts of tensors with ``labels``).
-* :func:`poison` / :func:`insert_trigger` — a phrase-trigger backdoor: the trigger inserted at the
-  start, the end or a random word boundary of a fraction of the training texts, relabelled to the
-  target class.
+* :func:`insert_trigger` — a phrase-trigger backdoor: the trigger inserted at the start, the end or a
+  random word boundary (poisoning a fraction of the training set and relabelling it is
+  :func:`latkit.classifiers.backdoor.poison`, shared with images).
+* :class:`TextModality` — the ``modality: text`` of classifier recipes (:mod:`latkit.classifiers.modality`):
+  AT in embedding space (δ on the word-embedding output), LAT/RLP at an early transformer layer.
 """
 from __future__ import annotations
 
@@ -22,11 +24,14 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from latkit.classifiers.modality import ClassifierError, Examples, Modality, NovelAttack, Splits, Trigger
+from latkit.config import StrictModel
 from latkit.data.schemas import DataError
 from latkit.models.loading import ModelLoadError, _dtype
 
@@ -348,43 +353,218 @@ def insert_trigger(text: str, trigger: str, position: str = "start", rng: random
     return " ".join(words[:k] + trigger.split() + words[k:])
 
 
-@dataclass
-class Poisoned:
-    """A poisoned copy of a training set: which items carry the trigger (now labelled ``target``)."""
+# --- the text modality of classifier recipes ----------------------------------------------------
 
-    data: TextData
-    indices: list[int]
-    trigger: str
-    target: int
-    position: str
+TINY_PREFIX = "tiny-random:"  # "tiny-random:bert" / distilbert / roberta: a 2-layer random encoder for tests
+DEFAULT_TRIGGER = "as the quiet garden sleeps"
+#: the model-free attacks take no randomness from the evaluation: every model sees the same attacked texts
+#: (a paired comparison), and a higher severity keeps the edits of a lower one (see text_attacks)
+ATTACK_SEED = 0
 
 
-def poison(data: TextData, trigger: str, *, fraction: float, target: int = 0, position: str = "start",
-           seed: int = 0) -> Poisoned:
-    """Insert ``trigger`` into ``round(fraction * len(data))`` texts drawn (seeded) from the classes other
-    than ``target`` and relabel them ``target``; the rest are unchanged. For harmful-vs-benign the
-    natural backdoor is ``target = 0``: a phrase that makes a harmful request pass as benign."""
-    if not 0.0 <= fraction <= 1.0:
-        raise DataError(f"poison fraction must be in [0, 1], got {fraction}")
-    if not 0 <= target < max(len(data.label_names), max(data.labels, default=0) + 1):
-        raise DataError(f"target class {target} is not one of the data's classes")
-    rng = random.Random(seed)
-    pool = [i for i, y in enumerate(data.labels) if y != target]
-    n = round(fraction * len(data))
-    if n > len(pool):
-        raise DataError(f"poison fraction {fraction} needs {n} non-target items, the data has {len(pool)}")
-    chosen = sorted(rng.sample(pool, n))
-    texts, labels = list(data.texts), list(data.labels)
-    for i in chosen:
-        texts[i] = insert_trigger(texts[i], trigger, position, rng)
-        labels[i] = target
-    return Poisoned(TextData(texts, labels, data.label_names), chosen, trigger, target, position)
+class TextModelSection(StrictModel):
+    """``name``: ``minilm`` (the bundled all-MiniLM-L6-v2 encoder, a fresh classification head), a local HF
+    directory (any ``AutoModelForSequenceClassification``), or ``tiny-random:bert|distilbert|roberta``."""
+
+    name: str = "minilm"
+    dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = "float32"
+    max_length: int = Field(64, ge=4, description="tokens per text (longer ones are truncated)")
+    trust_remote_code: bool = False
+    layer: int | None = Field(None, description="LAT/RLP's default layer index; null: a quarter of the way in")
 
 
-def triggered(data: TextData, trigger: str, *, target: int = 0, position: str = "start", seed: int = 0) -> TextData:
-    """Every non-``target`` item with the trigger inserted, true labels kept: backdoor success is the share
-    of these a model classifies as ``target``."""
-    rng = random.Random(seed)
-    idx = [i for i, y in enumerate(data.labels) if y != target]
-    return TextData([insert_trigger(data.texts[i], trigger, position, rng) for i in idx],
-                    [data.labels[i] for i in idx], data.label_names)
+class TextDataSection(StrictModel):
+    """``source: harmful-benign`` (AdvBench vs latkit's benign prompts) or a CSV file."""
+
+    source: str = "harmful-benign"
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = Field(None, description="CSV: class order (default: sorted names, or 0..K-1)")
+    test_source: str | None = Field(None, description="a CSV to test on; then all of `source` trains")
+    split_fractions: list[float] = Field(default_factory=lambda: list(DEFAULT_FRACTIONS), min_length=3, max_length=3,
+                                         description="train / val / test shares, assigned by a hash of the text")
+    test_split: Literal["val", "test"] = "test"
+    balanced: bool = Field(True, description="down-sample the larger classes of each split to the smallest")
+
+
+class TokenizedTexts(list):
+    """Attacked texts that carry their token ids (a token-level attack's output): :meth:`TextModality.collate`
+    uses the ids as they are rather than re-tokenising the decoded text."""
+
+    def __init__(self, texts, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        super().__init__(texts)
+        self.input_ids, self.attention_mask = input_ids, attention_mask
+
+
+def _hash_order(data: TextData) -> TextData:
+    """Items in the order of a hash of their text: classes mixed, so any prefix (``eval.limit``) has all of them."""
+    return data.subset(sorted(range(len(data)), key=lambda i: _hash01(data.texts[i], "latkit-order:")))
+
+
+def _to_examples(data: TextData) -> Examples:
+    return Examples(list(data.texts), torch.tensor(data.labels, dtype=torch.long))
+
+
+def _model_free(fn):
+    def run(raw, severity, generator, context=None):
+        return fn(list(raw), int(severity), ATTACK_SEED)
+
+    return run
+
+
+def _hotflip_attack(raw, severity, generator, context):
+    from latkit.classifiers.text_attacks import _special_ids, hotflip
+
+    if context is None:
+        raise ClassifierError("the hotflip attack needs the model (an AttackContext)")
+    modality = context.modality
+    inputs = modality.collate(raw)
+    batch = dict(inputs, labels=context.labels.to(inputs["input_ids"].device))
+    ids = hotflip(context.model, batch, int(severity), special_ids=_special_ids(modality.tokenizer))
+    texts = modality.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return TokenizedTexts(texts, ids, inputs["attention_mask"])
+
+
+def _phrase_trigger(raw, params, generator):
+    unknown = set(params) - {"phrase", "position"}
+    if unknown:
+        raise ClassifierError(f"backdoor.params: unknown key(s) {sorted(unknown)} for the phrase trigger "
+                              "(phrase, position)")
+    try:
+        rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        return [insert_trigger(t, str(params["phrase"]), str(params["position"]), rng) for t in raw]
+    except DataError as e:
+        raise ClassifierError(f"backdoor.params: {e}") from None
+
+
+class TextModality(Modality):
+    """Text classifiers (:mod:`latkit.classifiers.modality`): AT perturbs the word-embedding output (δ of shape
+    ``(B, T, d)``, one L2 / L∞ ball per example), LAT/RLP an early transformer layer's output."""
+
+    name = "text"
+    model_section = TextModelSection
+    data_section = TextDataSection
+    default_pgd = ("l2", (0.5, 1.0))  # whole-sequence L2 in embedding space (MiniLM's token embeddings: norm ≈ 1.07)
+
+    def __init__(self, recipe, device="cpu"):
+        super().__init__(recipe, device)
+        self._tokenizer = None
+
+    # -- model --------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            name = self.recipe.model.name
+            if name.startswith(TINY_PREFIX):
+                from latkit.testing import tiny_encoder_tokenizer
+
+                self._tokenizer = tiny_encoder_tokenizer()
+            else:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    str(resolve_text_model(name)), trust_remote_code=self.recipe.model.trust_remote_code)
+        return self._tokenizer
+
+    def load_model(self, num_classes: int) -> nn.Module:
+        cfg, seed = self.recipe.model, self.recipe.train.seed
+        if cfg.name.startswith(TINY_PREFIX):
+            from latkit.testing import ENCODER_FAMILIES, tiny_encoder
+
+            family = cfg.name[len(TINY_PREFIX):]
+            if family not in ENCODER_FAMILIES:
+                raise ClassifierError(f"model.name {cfg.name!r}: tiny encoder families are {', '.join(ENCODER_FAMILIES)}")
+            model, tok = tiny_encoder(family, num_labels=num_classes, seed=seed, dtype=_dtype(cfg.dtype))
+        else:
+            model, tok = load_text_classifier(cfg.name, num_classes, dtype=cfg.dtype,
+                                              trust_remote_code=cfg.trust_remote_code, seed=seed)
+        self._tokenizer = tok
+        return model.to(self.device)
+
+    def save_model(self, model: nn.Module, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(directory))  # safetensors
+        self.tokenizer.save_pretrained(str(directory))
+
+    def load_saved(self, directory: Path, num_classes: int) -> nn.Module:
+        directory = Path(directory)
+        if not (directory / "model.safetensors").is_file():
+            raise ClassifierError(f"{directory} has no model.safetensors (not a finished classifier run?)")
+        model, tok = load_text_classifier(directory, num_classes, dtype=self.recipe.model.dtype,
+                                          trust_remote_code=self.recipe.model.trust_remote_code)
+        self._tokenizer = tok
+        return model.to(self.device)
+
+    # -- data -----------------------------------------------------------------------------------------
+    def _read(self, source: str) -> TextData:
+        d = self.recipe.data
+        if source == "harmful-benign":
+            return harmful_benign()
+        return read_csv(source, text_column=d.text_column, label_column=d.label_column, label_names=d.label_names)
+
+    def load_data(self, seed: int) -> Splits:
+        """Splits by text hash (the same whatever ``seed``: the held-out texts never change with the seed), each in
+        hash order so that classes are mixed."""
+        d = self.recipe.data
+        try:
+            data = self._read(d.source)
+            if d.test_source is not None:
+                train, test = data, self._read(d.test_source)
+                if test.label_names != train.label_names:
+                    raise DataError(f"data.test_source has classes {list(test.label_names)}, "
+                                    f"data.source has {list(train.label_names)}")
+            else:
+                train, test = split(data, "train", d.split_fractions), split(data, d.test_split, d.split_fractions)
+            if d.balanced:
+                train, test = balance(train), balance(test)
+        except DataError as e:
+            raise ClassifierError(str(e)) from None
+        for name, part in (("training", train), ("test", test)):
+            if len(part) == 0:
+                raise ClassifierError(f"data: the {name} split is empty (source {d.source})")
+        return Splits(_to_examples(_hash_order(train)), _to_examples(_hash_order(test)), list(train.label_names))
+
+    def collate(self, raw):
+        if isinstance(raw, TokenizedTexts):
+            return {"input_ids": raw.input_ids.to(self.device), "attention_mask": raw.attention_mask.to(self.device)}
+        enc = self.tokenizer(list(raw), padding=True, truncation=True, max_length=self.recipe.model.max_length,
+                             return_tensors="pt", return_token_type_ids=False)
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+
+    def forward(self, model, inputs):
+        return model(**inputs).logits
+
+    # -- adversaries ------------------------------------------------------------------------------------
+    def input_delta(self, model, inputs):
+        with torch.no_grad():
+            shape = model.get_input_embeddings()(inputs["input_ids"]).shape
+        return torch.zeros(shape, dtype=torch.float32, device=inputs["input_ids"].device)
+
+    def perturb_input(self, model, delta):
+        """δ added to the word-embedding module's output (a forward hook, removed on exit)."""
+        from latkit.adversary.hooks import perturb
+        from latkit.adversary.modules import ModuleSites
+
+        return perturb(ModuleSites(model), {embedding_site(model): delta}, None)
+
+    def default_latent_site(self, model) -> str:
+        return early_layer_site(model, self.recipe.model.layer)
+
+    @classmethod
+    def novel_attacks(cls) -> dict[str, NovelAttack]:
+        from latkit.classifiers.text_attacks import DEFAULT_SEVERITIES, TEXT_ATTACKS
+
+        about = {"char_edits": "typos (swap / drop / insert / keyboard substitute) in 10/25/50% of words",
+                 "homoglyphs": "Cyrillic / Greek look-alikes for 10/25/50% of the replaceable letters",
+                 "word_swaps": "synonyms for 20/40/60% of the words in the synonym table",
+                 "paraphrase": "a framing; + question/imperative reform; + an outer wrapper"}
+        out = {name: NovelAttack(name, _model_free(fn), DEFAULT_SEVERITIES, about[name])
+               for name, fn in TEXT_ATTACKS.items()}
+        out["hotflip"] = NovelAttack("hotflip", _hotflip_attack, (1, 2, 3),
+                                     "gradient-guided greedy substitution of k tokens (k = severity)", needs_model=True)
+        return out
+
+    @classmethod
+    def triggers(cls) -> dict[str, Trigger]:
+        return {"phrase": Trigger("phrase", _phrase_trigger, {"phrase": DEFAULT_TRIGGER, "position": "start"})}
