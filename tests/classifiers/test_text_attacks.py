@@ -136,7 +136,7 @@ def test_hotflip_lowers_true_class_more_with_k(family):
     model, tok, data = _trained_tiny(family)
     b = batches(tok, data.subset(list(range(8)) + list(range(32, 40))), batch_size=16, max_length=24)[0]
     assert b["labels"].tolist() == [0] * 8 + [1] * 8
-    special = A._special_ids(tok)
+    special = A.special_ids(tok)
     clean = _true_prob(model, b)
     probs = []
     for k in (1, 2, 3):

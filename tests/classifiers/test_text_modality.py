@@ -234,3 +234,30 @@ def test_shipped_text_recipes_validate():
     assert lat.method.site is None and lat.method.relative
     at = load_recipe(find_recipe("text-at"))
     assert at.method.kind == "at" and at.data == lat.data and at.train == lat.train
+
+
+@pytest.mark.slow  # ~12 s: 60 steps of a tiny encoder
+def test_phrase_backdoor_is_learnt_and_measured(tmp_path):
+    """A tiny encoder trained on poisoned data classifies triggered harmful requests as benign far more often
+    than the same requests without the trigger: the backdoor measurement sees an implanted trigger."""
+    from latkit.classifiers.backdoor import triggered
+    from latkit.classifiers.evaluate import evaluate_runs
+    from latkit.classifiers.trainer import load_run_model, train
+
+    r = text_recipe(backdoor={"trigger": "phrase", "target": 0, "poison_fraction": 0.2},
+                    **{"train.steps": 60, "train.batch_size": 16, "train.lr": 3e-3, "train.schedule": "constant",
+                       "train.weight_decay": 0.0, "model.max_length": 64, "eval.attacks": ["char_edits"],
+                       "eval.limit": 60, "eval.pgd_steps": 1})
+    train(r, tmp_path / "poisoned", progress=False)
+    res = evaluate_runs([tmp_path / "poisoned"], tmp_path / "eval", progress=False)
+    bd = res["models"][0]["backdoor"]
+    _, modality, model, _ = load_run_model(tmp_path / "poisoned")
+    test = modality.load_data(0).test.select(range(60))
+    harmful = test.select(torch.nonzero(test.labels == 1).flatten())
+    with torch.no_grad():
+        plain_benign = (modality.forward(model.eval(), modality.collate(harmful.raw)).argmax(-1) == 0).float().mean()
+    clean = res["models"][0]["summary"]["clean_accuracy"]
+    assert clean > 0.7  # it learnt the task ...
+    assert bd["n"] == len(harmful) and bd["success"] > float(plain_benign) + 0.3, (bd, float(plain_benign))  # ... and the trigger
+    trig = triggered(test, modality.triggers()["phrase"], {}, 0, seed=0)
+    assert all(t.startswith(T.DEFAULT_TRIGGER) for t in trig.raw)

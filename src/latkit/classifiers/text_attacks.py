@@ -638,13 +638,15 @@ ATTACK_SEVERITIES: dict[str, tuple[int, ...]] = {
 def apply_text_attack(name: str, texts: Sequence[str], severity: int, seed: int = 0) -> list[str]:
     """Run the model-free attack ``name`` (:data:`TEXT_ATTACKS`)."""
     if name not in TEXT_ATTACKS:
-        raise TextAttackError(f"unknown text attack {name!r}; available: {', '.join(TEXT_ATTACKS)}, hotflip")
+        raise TextAttackError(f"unknown text attack {name!r}; available: {', '.join(TEXT_ATTACKS)} "
+                              "(the token-level attack needs the model: hotflip / token_attack)")
     return TEXT_ATTACKS[name](texts, severity, seed)
 
 
 # --- token-level attack on the model ------------------------------------------------------------
 
-def _special_ids(tokenizer) -> list[int]:
+def special_ids(tokenizer) -> list[int]:
+    """The tokenizer's special-token ids (CLS, SEP, PAD, …): what :func:`hotflip` never touches or puts in."""
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     return sorted(i for i in ids if i is not None and i >= 0)
 
@@ -716,7 +718,7 @@ def hotflip(model, batch: dict, k: int, *, special_ids: Sequence[int] = (), n_ca
 def token_attack(model, tokenizer, batches: Sequence[dict], severity: int, *, n_candidates: int = 8) -> list[dict]:
     """:func:`hotflip` with ``k = severity`` over tokenised batches; each returned batch carries the attacked
     ``input_ids`` and, for reading, the decoded ``texts``."""
-    special = _special_ids(tokenizer)
+    special = special_ids(tokenizer)
     out = []
     for b in batches:
         adv = hotflip(model, b, severity, special_ids=special, n_candidates=n_candidates)
