@@ -152,13 +152,14 @@ def test_grad_accum_averages(tmp_path):
 
 
 def test_recipes_in_repo_validate():
-    from latkit.classifiers.recipe import is_classifier_recipe, read_yaml
+    import yaml
+
     from latkit.classifiers.recipe import load_recipe as load_classifier_recipe
 
     files = sorted((REPO / "recipes").glob("*.yaml"))
     assert len(files) >= 4
-    for f in files:
-        (load_classifier_recipe if is_classifier_recipe(read_yaml(f)) else load_recipe)(f)
+    for f in files:  # `kind: classifier` recipes have their own schema
+        (load_classifier_recipe if (yaml.safe_load(f.read_text()) or {}).get("kind") == "classifier" else load_recipe)(f)
 
 
 def test_recipe_errors_name_the_key(tmp_path):

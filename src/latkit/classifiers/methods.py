@@ -64,6 +64,13 @@ def input_pgd(modality, model, inputs, labels, *, norm: str, epsilon: float, ste
         return pgd_whole({"input": delta0}, neg_ce, kind=norm, eps=epsilon, step_size=step, steps=steps)["input"]
 
 
+def delta_metrics(where: str, delta: torch.Tensor, norm: str, eps: float) -> dict:
+    """``adv/<where>/norm_mean``, ``norm_max`` and ``active_frac`` (share of examples on the ball's surface)."""
+    size = _size(delta, norm)
+    return {f"adv/{where}/norm_mean": float(size.mean()), f"adv/{where}/norm_max": float(size.max()),
+            f"adv/{where}/active_frac": float((size >= eps * (1 - 1e-3)).float().mean())}
+
+
 class Method(ABC):
     """One training method: ``loss(modality, model, inputs, labels, generator) -> (loss, metrics)``."""
 
@@ -110,7 +117,7 @@ class AT(Method):
         t0 = time.perf_counter()
         delta = self.attack(modality, model, inputs, labels)
         metrics = {"time/adversary_s": time.perf_counter() - t0, "cost/adversary_fb": self.cfg.steps * labels.shape[0],
-                   "cost/defender_fb": labels.shape[0], "adv/input/norm_mean": float(_size(delta, self.cfg.norm).mean())}
+                   "cost/defender_fb": labels.shape[0], **delta_metrics("input", delta, self.cfg.norm, self.cfg.epsilon)}
         t1 = time.perf_counter()
         with modality.perturb_input(model, delta):
             adv = _ce(modality, model, inputs, labels)
@@ -159,8 +166,7 @@ class LAT(_LatentMethod):
                               steps=self.cfg.steps)
         n = labels.shape[0]
         metrics = {"time/adversary_s": time.perf_counter() - t0, "cost/adversary_fb": (self.cfg.steps + 0.5) * n,
-                   "cost/defender_fb": n, f"adv/{site}/norm_mean": float(_size(delta[site], self.cfg.norm).mean()),
-                   "adv/epsilon": eps}
+                   "cost/defender_fb": n, **delta_metrics(site, delta[site], self.cfg.norm, eps), "adv/epsilon": eps}
         t1 = time.perf_counter()
         with perturb(sites, delta, None):
             adv = _ce(modality, model, inputs, labels)
@@ -187,7 +193,7 @@ class RLP(_LatentMethod):
         delta = random_in_ball(flat, ones, kind, eps, generator=generator, on_sphere=True).view_as(h).to(h.device)
         n = labels.shape[0]
         metrics = {"time/adversary_s": time.perf_counter() - t0, "cost/adversary_fb": 0.5 * n, "cost/defender_fb": n,
-                   f"adv/{site}/norm_mean": float(_size(delta, self.cfg.norm).mean()), "adv/epsilon": eps}
+                   **delta_metrics(site, delta, self.cfg.norm, eps), "adv/epsilon": eps}
         t1 = time.perf_counter()
         with perturb(sites, {site: delta}, None):
             adv = _ce(modality, model, inputs, labels)

@@ -15,6 +15,7 @@ the rest is shared::
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
@@ -130,10 +131,15 @@ class ClassifierRecipe(StrictModel, Generic[M, D]):
     @model_validator(mode="after")
     def _consistent(self):
         if self.backdoor is not None:
-            triggers = modality_class(self.modality).trigger_names()
+            triggers = modality_class(self.modality).triggers()
             if self.backdoor.trigger not in triggers:
                 raise ValueError(f"backdoor.trigger: {self.backdoor.trigger!r} is not a {self.modality} trigger "
                                  f"({', '.join(triggers)})")
+            known = triggers[self.backdoor.trigger].defaults
+            unknown = [k for k in self.backdoor.params if k not in known]
+            if unknown:
+                raise ValueError(f"backdoor.params: unknown key(s) {unknown} for the {self.backdoor.trigger} trigger "
+                                 f"(its settings: {', '.join(known) or 'none'})")
         if self.eval.attacks is not None:
             known = modality_class(self.modality).attack_names()
             bad = [a for a in self.eval.attacks if a not in known]
@@ -168,7 +174,7 @@ def _non_finite(data, path=""):
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> ClassifierRecipe:
     from latkit.train.recipe import apply_overrides
 
-    data = apply_overrides(dict(data or {}), overrides or [])
+    data = apply_overrides(copy.deepcopy(dict(data or {})), overrides or [])  # the caller's dict stays as it was
     if not is_classifier_recipe(data):
         raise ClassifierError("a classifier recipe needs `kind: classifier`")
     modality = data.get("modality")
