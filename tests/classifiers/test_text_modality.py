@@ -212,14 +212,14 @@ def test_cli_train_and_eval_on_a_text_recipe(tmp_path):
 
     from latkit.cli import main
 
-    recipe = text_recipe().model_dump(mode="json")  # plain: the run summary of AT/LAT runs is the core's business
+    recipe = text_recipe(method=METHODS["at"]).model_dump(mode="json")
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["train", str(path), "--output", str(tmp_path / "run"), "--no-progress"]) == 0
     assert main(["eval", "--model", str(tmp_path / "run"), "--output", str(tmp_path / "ev"), "--limit", "8",
                  "--no-progress"]) == 0
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert res["models"][0]["method"] == "plain" and res["models"][0]["summary"]["n"] == 8
+    assert res["models"][0]["method"] == "at" and res["models"][0]["summary"]["n"] == 8
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**recipe, "model": {"name": str(tmp_path / "nowhere")}}))
     assert main(["train", str(bad), "--output", str(tmp_path / "bad"), "--no-progress"]) == 2
