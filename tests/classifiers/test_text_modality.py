@@ -229,10 +229,10 @@ def test_shipped_text_recipes_validate():
     from latkit.classifiers.recipe import load_recipe
     from latkit.train.catalog import find_recipe
 
-    lat = load_recipe(find_recipe("text-lat"))
+    lat = load_recipe(find_recipe("classifier-text-lat"))
     assert lat.modality == "text" and lat.model.name == "minilm" and lat.method.kind == "lat"
     assert lat.method.site is None and lat.method.relative
-    at = load_recipe(find_recipe("text-at"))
+    at = load_recipe(find_recipe("classifier-text-at"))
     assert at.method.kind == "at" and at.data == lat.data and at.train == lat.train
 
 
