@@ -47,7 +47,7 @@ def test_text_benchmark_smoke(scale, tmp_path):
     path.write_text(yaml.safe_dump(scale))
     assert main(["--scale", str(path), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     res = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    assert set(res["methods"]) == {"implant", "plain", "at", "lat", "rlp"}
+    assert {"plain", "at", "lat", "rlp"} <= set(res["methods"])
     rows = res["per_seed"]["0"]
     assert set(rows) == {"implant", "plain", "at", "lat", "rlp"}
     for m, r in rows.items():
