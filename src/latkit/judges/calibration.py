@@ -130,17 +130,18 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1.0, iters: in
     return w[:-1], float(w[-1])
 
 
-def fit_success_weights(rows: Sequence[Mapping], judge=None, *, l2_grid: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0),
-                        thresholds: Sequence[float] = tuple(t / 20 for t in range(4, 17)), folds: int = 5,
-                        seed: int = 0) -> dict:
+def fit_success_weights(rows: Sequence[Mapping], judge=None, *, l2_grid: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+                        thresholds: Sequence[float] = tuple(t / 20 for t in range(2, 19)), folds: int = 5,
+                        seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> dict:
     """Fit the default judge's logistic model on labelled ``rows`` (the ``dev`` part).
 
     The features of every row are computed once; rows the judge's gates already decide are left out of
     the fit (the model only ever sees what the gates pass). ``l2`` and the threshold are chosen by
     ``folds``-fold cross-validation on ``rows`` (folds by request, so answers to one request stay
-    together): for each ``l2`` one threshold per kind of request (harmful / benign) maximising κ on
-    that kind, and the ``l2`` whose thresholds give the best κ overall; then the model is refitted on all
-    ``rows``. Returns the weights dict that :class:`~latkit.judges.success.SuccessJudge` loads.
+    together), repeated with one random fold assignment per ``seeds`` entry and averaged (with few
+    positives one assignment is noisy): for each ``l2`` one threshold per kind of request (harmful /
+    benign) maximising the mean κ on that kind, and the ``l2`` whose thresholds give the best mean κ
+    overall; then the model is refitted on all ``rows``. Returns the weights dict that :class:`~latkit.judges.success.SuccessJudge` loads.
     """
     from latkit.judges.features import FEATURES, as_matrix
     from latkit.judges.success import SuccessJudge
@@ -151,10 +152,12 @@ def fit_success_weights(rows: Sequence[Mapping], judge=None, *, l2_grid: Sequenc
     gated = [judge.gate(f) is not None for f in feats]
     y_all = [int(r["label"]) for r in rows]
     x_all = as_matrix(feats, FEATURES)
-    keys = sorted(set(requests))
-    random.Random(seed).shuffle(keys)
-    fold_of_key = {k: i % folds for i, k in enumerate(keys)}
-    fold = [fold_of_key[q] for q in requests]
+    folds_by_seed = []
+    for seed in seeds:
+        keys = sorted(set(requests))
+        random.Random(seed).shuffle(keys)
+        fold_of_key = {k: i % folds for i, k in enumerate(keys)}
+        folds_by_seed.append([fold_of_key[q] for q in requests])
 
     def fit(idx):
         idx = [i for i in idx if not gated[i]]
@@ -169,33 +172,41 @@ def fit_success_weights(rows: Sequence[Mapping], judge=None, *, l2_grid: Sequenc
 
     kinds = ["benign" if r.get("kind") == "benign" else "attack" for r in rows]
 
-    def best_threshold(oof, kind):
+    def mean_kappa(oofs, idx, th):
+        ks = [cohen_kappa([bool(y_all[i]) for i in idx], [(not gated[i]) and oof[i] >= th[kinds[i]] for i in idx])
+              for oof in oofs]
+        ks = [k for k in ks if k is not None]
+        return sum(ks) / len(ks) if ks else None
+
+    def best_threshold(oofs, kind):
         idx = [i for i in range(len(rows)) if kinds[i] == kind]
         out = None
         for t in thresholds:
-            k = cohen_kappa([bool(y_all[i]) for i in idx], [(not gated[i]) and oof[i] >= t for i in idx])
+            k = mean_kappa(oofs, idx, {kind: t})
             if k is not None and (out is None or k > out[0] + 1e-12):
                 out = (k, t)
         return out
 
     best = None
     for l2 in l2_grid:
-        oof = [0.0] * len(rows)
-        for k in range(folds):
-            train = [i for i in range(len(rows)) if fold[i] != k]
-            test = [i for i in range(len(rows)) if fold[i] == k]
-            if not test:
-                continue
-            params = fit(train)
-            for i, p in zip(test, probs(params, test)):
-                oof[i] = p
-        per_kind = {kind: best_threshold(oof, kind) for kind in ("attack", "benign")}
+        oofs = []
+        for fold in folds_by_seed:
+            oof = [0.0] * len(rows)
+            for k in range(folds):
+                train = [i for i in range(len(rows)) if fold[i] != k]
+                test = [i for i in range(len(rows)) if fold[i] == k]
+                if not test:
+                    continue
+                params = fit(train)
+                for i, p in zip(test, probs(params, test)):
+                    oof[i] = p
+            oofs.append(oof)
+        per_kind = {kind: best_threshold(oofs, kind) for kind in ("attack", "benign")}
         # a kind whose labels give no κ above 0 at any threshold gets the other kind's threshold
         usable = {k: v for k, v in per_kind.items() if v is not None and v[0] > 0}
         fallback = max(usable.values())[1] if usable else 0.5
         th = {kind: (usable[kind][1] if kind in usable else fallback) for kind in per_kind}
-        pred = [(not g) and p >= th[kind] for g, p, kind in zip(gated, oof, kinds)]
-        kappa = cohen_kappa([bool(v) for v in y_all], pred)
+        kappa = mean_kappa(oofs, list(range(len(rows))), th)
         if kappa is not None and (best is None or kappa > best[0] + 1e-12):
             best = (kappa, l2, th, {kind: (v[0] if v else None) for kind, v in per_kind.items()})
     if best is None:
@@ -205,7 +216,7 @@ def fit_success_weights(rows: Sequence[Mapping], judge=None, *, l2_grid: Sequenc
     return {
         "features": list(FEATURES), "mean": mean.tolist(), "std": std.tolist(), "coef": coef.tolist(),
         "intercept": b, "threshold": th["attack"], "thresholds": th, "l2": l2, "cv_kappa": kappa,
-        "cv_kappa_by_kind": kind_kappa,
+        "cv_kappa_by_kind": kind_kappa, "cv_seeds": list(seeds),
         "fitted_on": {"n": len(rows), "positives": sum(y_all), "gated": sum(gated)},
     }
 
