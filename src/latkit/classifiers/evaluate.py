@@ -16,7 +16,7 @@ import torch
 
 from latkit.classifiers.backdoor import triggered
 from latkit.classifiers.methods import input_pgd
-from latkit.classifiers.modality import AttackContext, ClassifierError, Examples
+from latkit.classifiers.modality import AttackContext, ClassifierError
 from latkit.classifiers.trainer import load_run_model, read_run_recipe
 from latkit.evaluation.stats import proportion
 

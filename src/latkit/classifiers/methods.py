@@ -138,6 +138,15 @@ class _LatentMethod(Method):
             modality.forward(model, inputs)
         return store[site].float()
 
+    def defend(self, modality, model, inputs, labels, sites, deltas, metrics) -> torch.Tensor:
+        """The defender's loss under ``deltas`` at ``sites`` (mixed with the clean loss), timed into ``metrics``."""
+        t1 = time.perf_counter()
+        with perturb(sites, deltas, None):
+            adv = _ce(modality, model, inputs, labels)
+        loss = self._mix(modality, model, inputs, labels, adv, metrics)
+        metrics["time/defender_s"] = time.perf_counter() - t1
+        return loss
+
     def radius(self, h: torch.Tensor) -> float:
         if not self.cfg.relative:
             return self.cfg.epsilon
@@ -167,12 +176,8 @@ class LAT(_LatentMethod):
         n = labels.shape[0]
         metrics = {"time/adversary_s": time.perf_counter() - t0, "cost/adversary_fb": (self.cfg.steps + 0.5) * n,
                    "cost/defender_fb": n, **delta_metrics(site, delta[site], self.cfg.norm, eps), "adv/epsilon": eps}
-        t1 = time.perf_counter()
-        with perturb(sites, delta, None):
-            adv = _ce(modality, model, inputs, labels)
-        loss = self._mix(modality, model, inputs, labels, adv, metrics)
+        loss = self.defend(modality, model, inputs, labels, sites, delta, metrics)
         metrics["adv/loss_after"] = metrics["loss/perturbed"]
-        metrics["time/defender_s"] = time.perf_counter() - t1
         return loss, metrics
 
 
@@ -194,12 +199,7 @@ class RLP(_LatentMethod):
         n = labels.shape[0]
         metrics = {"time/adversary_s": time.perf_counter() - t0, "cost/adversary_fb": 0.5 * n, "cost/defender_fb": n,
                    **delta_metrics(site, delta, self.cfg.norm, eps), "adv/epsilon": eps}
-        t1 = time.perf_counter()
-        with perturb(sites, {site: delta}, None):
-            adv = _ce(modality, model, inputs, labels)
-        loss = self._mix(modality, model, inputs, labels, adv, metrics)
-        metrics["time/defender_s"] = time.perf_counter() - t1
-        return loss, metrics
+        return self.defend(modality, model, inputs, labels, sites, {site: delta}, metrics), metrics
 
 
 METHODS: dict[str, type[Method]] = {"plain": Plain, "at": AT, "lat": LAT, "rlp": RLP}

@@ -16,7 +16,6 @@ the rest is shared::
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
@@ -160,19 +159,8 @@ def recipe_class(modality: str) -> type[ClassifierRecipe]:
     return ClassifierRecipe[cls.model_section, cls.data_section]
 
 
-def _non_finite(data, path=""):
-    if isinstance(data, float) and not math.isfinite(data):
-        return path or "recipe", data
-    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
-    for k, v in items:
-        found = _non_finite(v, f"{path}.{k}" if path else str(k))
-        if found:
-            return found
-    return None
-
-
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> ClassifierRecipe:
-    from latkit.train.recipe import apply_overrides
+    from latkit.train.recipe import apply_overrides, non_finite
 
     data = apply_overrides(copy.deepcopy(dict(data or {})), overrides or [])  # the caller's dict stays as it was
     if not is_classifier_recipe(data):
@@ -185,7 +173,7 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Classifi
         recipe = cls.model_validate(data)
     except ValidationError as e:
         raise ClassifierError(f"invalid recipe: {format_validation_error(e, root='recipe', tags=METHOD_KINDS)}") from None
-    bad = _non_finite(recipe.model_dump(mode="python"))
+    bad = non_finite(recipe.model_dump(mode="python"))
     if bad:
         raise ClassifierError(f"invalid recipe: {bad[0]}: must be a finite number, got {bad[1]}")
     return recipe

@@ -208,13 +208,13 @@ class Recipe(StrictModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _non_finite(data, path=""):
+def non_finite(data, path=""):
     """The dotted key of the first NaN / ±inf number in a nested dump, else None."""
     if isinstance(data, float) and not math.isfinite(data):
         return path or "recipe", data
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
     for k, v in items:
-        found = _non_finite(v, f"{path}.{k}" if path else str(k))
+        found = non_finite(v, f"{path}.{k}" if path else str(k))
         if found:
             return found
     return None
@@ -257,7 +257,7 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(f"invalid recipe: {format_validation_error(e, root='recipe', tags=OBJECTIVES)}") from None
-    bad = _non_finite(recipe.model_dump(mode="python"))
+    bad = non_finite(recipe.model_dump(mode="python"))
     if bad:  # NaN / inf anywhere (a learning rate, a loss weight, a radius) trains a broken model
         raise RecipeError(f"invalid recipe: {bad[0]}: must be a finite number, got {bad[1]}")
     return recipe
