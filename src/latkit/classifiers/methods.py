@@ -147,6 +147,12 @@ class _LatentMethod(Method):
         metrics["time/defender_s"] = time.perf_counter() - t1
         return loss
 
+    def prepare(self, modality, model, inputs):
+        """The site, its :class:`ModuleSites`, the clean activation there and the radius ε for this batch."""
+        site = self.site(modality, model)
+        h = self.clean_activation(modality, model, inputs, site)
+        return site, ModuleSites(model), h, self.radius(h)
+
     def radius(self, h: torch.Tensor) -> float:
         if not self.cfg.relative:
             return self.cfg.epsilon
@@ -160,10 +166,7 @@ class LAT(_LatentMethod):
 
     def loss(self, modality, model, inputs, labels, generator):
         t0 = time.perf_counter()
-        site = self.site(modality, model)
-        sites = ModuleSites(model)
-        h = self.clean_activation(modality, model, inputs, site)
-        eps = self.radius(h)
+        site, sites, h, eps = self.prepare(modality, model, inputs)
         step = self.cfg.step_size * (eps / self.cfg.epsilon) if self.cfg.step_size else 2.5 * eps / self.cfg.steps
 
         def neg_ce(d):
@@ -188,10 +191,7 @@ class RLP(_LatentMethod):
 
     def loss(self, modality, model, inputs, labels, generator):
         t0 = time.perf_counter()
-        site = self.site(modality, model)
-        sites = ModuleSites(model)
-        h = self.clean_activation(modality, model, inputs, site)
-        eps = self.radius(h)
+        site, sites, h, eps = self.prepare(modality, model, inputs)
         kind = "l2_sequence" if self.cfg.norm == "l2" else "linf"
         flat = (h.shape[0], 1, h[0].numel())
         ones = torch.ones(h.shape[0], 1, dtype=torch.bool)
