@@ -118,7 +118,7 @@ class Under:
     for a forward over those rows (as :meth:`LatentAdversary.apply`; clean when there is no perturbation);
     ``under.forward(model, batch, rows)`` runs that forward itself, sharing each prompt across its
     completions when ``share`` (default: the adversary's ``share_prompt``) and the batch's layout allow —
-    under δ through :meth:`LatentAdversary.forward_under`, clean (RT, RLP's clean rows) directly."""
+    under δ through :meth:`LatentAdversary.forward_under`, clean (RT: no adversary) directly."""
 
     def __init__(self, adversary: "LatentAdversary | None", perturbation: Perturbation | None, *,
                  adapter: ModelAdapter | None = None, share: bool | None = None):
@@ -183,11 +183,6 @@ class LatentAdversary:
         p = perturbation.rows(rows)
         with perturb(self.adapter, p.deltas, p.row_mask, p.clamp):
             yield
-
-    def under(self, perturbation: Perturbation | None) -> "Under":
-        """The defender's view of ``perturbation``: a context factory over row slices that also runs the
-        forward itself, in the shared-prompt layout when ``config.share_prompt`` applies."""
-        return Under(self, perturbation)
 
     def forward_under(self, perturbation: Perturbation | None, model, batch: dict, rows: slice | None = None):
         """``(logits, offset)`` of rows ``rows`` of ``batch`` under ``perturbation`` (clean when ``None``),
