@@ -180,16 +180,10 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Classifi
 
 
 def read_yaml(path: str | Path) -> dict:
-    from latkit.train.catalog import find_recipe
+    """The mapping in a recipe file or shipped recipe (:func:`latkit.train.recipe.read_recipe_yaml`)."""
+    from latkit.train.recipe import read_recipe_yaml
 
-    path = find_recipe(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ClassifierError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ClassifierError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
-    return data or {}
+    return read_recipe_yaml(path, ClassifierError)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ClassifierRecipe:

@@ -263,13 +263,19 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load a recipe file, or a shipped recipe by name (``quickstart``; see ``latkit recipes``)."""
+def read_recipe_yaml(path: str | Path, error: type[Exception] = RecipeError) -> dict:
+    """The mapping in a recipe file, or a shipped recipe by name (``quickstart``; see ``latkit recipes``);
+    bad YAML or a non-mapping raise ``error`` with one line (decoder and classifier recipes alike)."""
     path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise error(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
-    return recipe_from_dict(data or {}, overrides)
+        raise error(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    return data or {}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file, or a shipped recipe by name (``quickstart``; see ``latkit recipes``)."""
+    return recipe_from_dict(read_recipe_yaml(path), overrides)
