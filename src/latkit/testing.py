@@ -137,15 +137,45 @@ ENCODER_FAMILIES = ("bert", "distilbert", "roberta")
 
 @functools.lru_cache(maxsize=None)
 def _wordpiece_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer whose vocabulary is learned here by BPE-style merges, deterministically
+    (``tokenizers``' trainer breaks frequency ties in hash-map order, so its vocabulary differs from process
+    to process): the specials, every character alone and as a ``##`` continuation, then the most frequent
+    adjacent pair merged, ties broken alphabetically, until ``vocab_size`` tokens."""
+    from collections import Counter
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
-    tok.train_from_iterator(_ENCODER_CORPUS * 4, trainer=trainer)
+    normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for text in _ENCODER_CORPUS for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    words = {w: [w[0]] + ["##" + c for c in w[1:]] for w in counts}
+    chars = sorted({c for w in counts for c in w})
+    order = special + chars + ["##" + c for c in chars]
+    known = set(order)
+    while len(order) < vocab_size:
+        pairs = Counter()
+        for w, pieces in words.items():
+            for a, b in zip(pieces, pieces[1:]):
+                pairs[a, b] += counts[w]
+        if not pairs:
+            break
+        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        merged = a + b[2:]
+        for w, pieces in words.items():
+            i, out = 0, []
+            while i < len(pieces):
+                if i + 1 < len(pieces) and pieces[i] == a and pieces[i + 1] == b:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(pieces[i])
+                    i += 1
+            words[w] = out
+        if merged not in known:
+            known.add(merged)
+            order.append(merged)
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(order)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
