@@ -15,7 +15,8 @@ The floors, bottom to top (a package may import its own floor's packages and any
 6. ``train``: recipes, the trainer and its tasks (R2D2 runs the GCG attack in the loop).
 7. ``judges``: what counts as a refusal / a success.
 8. ``evaluation``: suites of attacks scored by judges, utility, reports.
-9. ``unlearning``, ``backdoor``, ``analysis``, ``classifiers``: studies built on all of the above.
+9. ``unlearning``, ``backdoor``, ``analysis``, ``classifiers``: studies built on all of the above; ``sweep``:
+   grids of training runs, each evaluated, on robustness against utility.
 10. ``cli``: the ``latkit`` command.
 
 A new package must be given a floor here (the test says so), which is the point: where it sits
@@ -41,7 +42,7 @@ FLOORS: list[set[str]] = [
     {"train"},
     {"judges"},
     {"evaluation"},
-    {"unlearning", "backdoor", "analysis", "classifiers"},
+    {"unlearning", "backdoor", "analysis", "classifiers", "sweep"},
     {"cli"},
 ]
 FLOOR = {pkg: i for i, floor in enumerate(FLOORS) for pkg in floor}

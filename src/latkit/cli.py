@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
     e.set_defaults(func=_export)
 
-    for mod in ("latkit.evaluation.cli", "latkit.judges.cli", "latkit.analysis.cli", "latkit.backdoor.cli", "latkit.unlearning.cli"):
+    for mod in ("latkit.evaluation.cli", "latkit.judges.cli", "latkit.analysis.cli", "latkit.backdoor.cli", "latkit.unlearning.cli",
+                "latkit.sweep.cli"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError as e:

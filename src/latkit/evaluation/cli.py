@@ -39,17 +39,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _apply_overrides(suite, args):
-    data = suite.model_dump()
-    if args.max_new_tokens is not None:
-        data["generation"]["max_new_tokens"] = args.max_new_tokens
-    if args.batch_size is not None:
-        data["generation"]["batch_size"] = args.batch_size
-    if getattr(args, "generation_backend", None):
-        data["generation"]["backend"] = args.generation_backend
-    if args.limit is not None:
-        for d in data["datasets"]:
-            d["limit"] = min(d["limit"], args.limit) if d.get("limit") else args.limit
-    return type(suite).model_validate(data)
+    from latkit.evaluation.schema import override_suite
+
+    return override_suite(suite, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                          backend=getattr(args, "generation_backend", None), limit=args.limit)
 
 
 def run_eval(args) -> int:

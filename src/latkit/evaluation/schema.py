@@ -229,6 +229,23 @@ def builtin_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
+def override_suite(suite: Suite, *, max_new_tokens: int | None = None, batch_size: int | None = None,
+                   backend: str | None = None, limit: int | None = None) -> Suite:
+    """``suite`` with the ``latkit eval`` flags applied: the generation budget / batch size / backend, and at
+    most ``limit`` behaviours per dataset (a dataset's own smaller limit stays)."""
+    data = suite.model_dump()
+    if max_new_tokens is not None:
+        data["generation"]["max_new_tokens"] = max_new_tokens
+    if batch_size is not None:
+        data["generation"]["batch_size"] = batch_size
+    if backend:
+        data["generation"]["backend"] = backend
+    if limit is not None:
+        for d in data["datasets"]:
+            d["limit"] = min(d["limit"], limit) if d.get("limit") else limit
+    return type(suite).model_validate(data)
+
+
 def load_suite(spec: str | os.PathLike | Mapping | Suite) -> Suite:
     """A suite from a built-in name (``quick``, ``full``), a YAML path or a mapping."""
     if isinstance(spec, Suite):
