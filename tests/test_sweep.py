@@ -311,3 +311,17 @@ def test_cli_dry_run_and_errors(recipe, suite, tmp_path, capsys):
     assert main(["sweep", str(f), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("latkit: error:") and "nope" in err and err.count("\n") == 1
+
+
+def test_shipped_sweeps_validate_and_expand(monkeypatch):
+    from latkit.evaluation.schema import load_suite
+
+    monkeypatch.chdir(REPO)  # their suite paths are relative to the repository root, as in the docs
+    files = sorted((REPO / "sweeps").glob("*.yaml"))
+    sweeps = [f for f in files if "methods" in yaml.safe_load(f.read_text())]
+    assert sweeps
+    for f in sweeps:
+        cfg = load_sweep(f)
+        assert load_suite(cfg.suite).datasets  # the suite it names exists and validates
+        pts = expand_points(cfg)
+        assert len({p.id for p in pts}) == len(pts) >= 2
