@@ -208,7 +208,7 @@ def _cfg(recipe, suite, **over):
     return sweep_from_dict(data)
 
 
-def test_sweep_trains_evaluates_reports_and_resumes(recipe, suite, tmp_path, monkeypatch):
+def test_sweep_trains_evaluates_reports_and_resumes(recipe, suite, tmp_path, monkeypatch, capsys):
     from latkit.train import Trainer
 
     out = tmp_path / "sw"
@@ -228,6 +228,12 @@ def test_sweep_trains_evaluates_reports_and_resumes(recipe, suite, tmp_path, mon
 
     summary = run_sweep(cfg, out, progress=False, suite_kwargs={"attacks": {"echo": _Echo}})
     assert [p["status"] for p in summary["points"]] == ["evaluated"] * 4
+    log = capsys.readouterr().err
+    assert f"{ids[0]}: resuming training" in log
+    # the three points share one data section: the later two reuse the first one's data cache
+    assert log.count("training data from") == 2 and f"points/{ids[0]}/run/data" in log
+    data = [(out / "points" / i / "run" / "data" / "harmful.jsonl").read_text() for i in ids]
+    assert data[0] == data[1] == data[2]
     ref, *pts = summary["points"]
     assert ref["reference"] and ref["id"] == "ref-tiny-random_llama"
     for p in pts:
@@ -325,3 +331,23 @@ def test_shipped_sweeps_validate_and_expand(monkeypatch):
         assert load_suite(cfg.suite).datasets  # the suite it names exists and validates
         pts = expand_points(cfg)
         assert len({p.id for p in pts}) == len(pts) >= 2
+
+
+def test_data_cache_is_shared_only_under_the_same_fingerprint(recipe, tmp_path):
+    from latkit.train import load_recipe
+    from latkit.train.recipe import data_fingerprint
+
+    points = tmp_path / "points"
+    r = load_recipe(recipe)
+    for name, stamp in (("a", "stale"), ("b", data_fingerprint(r))):
+        d = points / name / "run" / "data"
+        d.mkdir(parents=True)
+        for f in ("harmful.jsonl", "benign.jsonl"):
+            (d / f).write_text(f"{name}\n")
+        (d / "fingerprint").write_text(stamp + "\n")
+    new = points / "c" / "run"
+    assert R._share_data(r, new, points) == points / "b" / "run" / "data"
+    assert (new / "data" / "harmful.jsonl").read_text() == "b\n"
+    other = points / "d" / "run"
+    assert R._share_data(load_recipe(recipe, ["data.max_length=50"]), other, points) is None
+    assert not other.exists()

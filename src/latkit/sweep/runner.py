@@ -86,6 +86,29 @@ def sweep_status(cfg: SweepConfig, output: str | os.PathLike) -> list[dict]:
     return rows
 
 
+DATA_FILES = ("harmful.jsonl", "benign.jsonl", "fingerprint")
+
+
+def _share_data(recipe, run_dir: Path, points_dir: Path) -> Path | None:
+    """Seed a fresh run's data cache from another point whose data section is the same (same fingerprint:
+    the prompts, the generated answers, the seed), so a sweep generates its training data once. The
+    trainer checks the fingerprint again and rebuilds a cache that does not match."""
+    from latkit.train.recipe import data_fingerprint
+
+    want = data_fingerprint(recipe)
+    for stamp in sorted(points_dir.glob("*/run/data/fingerprint")):
+        src = stamp.parent
+        if src.parent == run_dir or stamp.read_text().strip() != want:
+            continue
+        if not all((src / f).is_file() for f in DATA_FILES):
+            continue
+        (run_dir / "data").mkdir(parents=True, exist_ok=True)
+        for f in DATA_FILES:
+            shutil.copy2(src / f, run_dir / "data" / f)
+        return src
+    return None
+
+
 def _train_point(p: Point, run_dir: Path, *, progress: bool, trainer_kwargs: Mapping) -> None:
     from latkit.train import Trainer, load_recipe
 
@@ -97,6 +120,9 @@ def _train_point(p: Point, run_dir: Path, *, progress: bool, trainer_kwargs: Map
         _log(f"{p.id}: training ({p.label()})")
         if run_dir.exists():  # an earlier attempt that died before it wrote its recipe: nothing to keep
             shutil.rmtree(run_dir)
+        shared = _share_data(recipe, run_dir, run_dir.parent.parent)
+        if shared is not None:
+            _log(f"{p.id}: training data from {shared} (same data section)")
     trainer = Trainer(recipe, run_dir, resume=resume, progress=progress, **trainer_kwargs)
     try:
         trainer.train()
@@ -110,9 +136,7 @@ def _evaluate(label: str, source: str, eval_dir: Path, suite, cfg: SweepConfig, 
     from latkit.evaluation.runner import ModelSpec, run_suite
     from latkit.evaluation.safety import staged_output
 
-    if eval_dir.exists():
-        shutil.rmtree(eval_dir)
-    with staged_output(eval_dir) as staging:
+    with staged_output(eval_dir) as staging:  # earlier results stay until this evaluation has finished
         results = run_suite(suite, [ModelSpec(label=label, source=source)], staging, data_dir=cfg.data_dir,
                             device=device, progress=progress, **suite_kwargs)
     gc.collect()
