@@ -103,6 +103,9 @@ def plot_pareto(points: Sequence[Mapping], front_ids: set, path: Path, utility: 
         ref = any(p.get("reference") for p in mine)
         bars = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="*" if ref else "o", ms=11 if ref else 6, capsize=2,
                            alpha=0.85, label=method, elinewidth=0.8)
+        for p, x, y in zip(mine, xs, ys):  # "lat-01" of "lat-01-f658c166": the row of report.md
+            ax.annotate(p["id"] if p.get("reference") else p["id"].rsplit("-", 1)[0], (x, y), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points", alpha=0.8)
         own = pareto_front(mine, utility)
         if len(own) > 1:
             ax.plot([100 * utility_of(p, utility) for p in own], [100 * asr_of(p) for p in own], "-",
