@@ -115,9 +115,9 @@ def _train_point(p: Point, run_dir: Path, *, progress: bool, trainer_kwargs: Map
     recipe = load_recipe(p.recipe, p.set_args())
     resume = (run_dir / "recipe.yaml").is_file()
     if resume:
-        _log(f"{p.id}: resuming training ({p.label()})")
+        _log(f"{p.id}: resuming training: {p.label()}")
     else:
-        _log(f"{p.id}: training ({p.label()})")
+        _log(f"{p.id}: training: {p.label()}")
         if run_dir.exists():  # an earlier attempt that died before it wrote its recipe: nothing to keep
             shutil.rmtree(run_dir)
         shared = _share_data(recipe, run_dir, run_dir.parent.parent)
