@@ -206,7 +206,9 @@ def load_points(cfg: SweepConfig, output: str | os.PathLike) -> list[dict]:
                 recs.append(rec)
     for p in expand_points(cfg):
         rec = _read_json(out / "points" / p.id / POINT_FILE)
-        recs.append(rec or {"id": p.id, "method": p.method, "overrides": p.overrides, "status": "new"})
+        # the overrides as this sweep file spells them (same id: the same resolved recipe)
+        recs.append({**rec, "overrides": p.overrides} if rec else
+                    {"id": p.id, "method": p.method, "overrides": p.overrides, "status": "new"})
     return recs
 
 
