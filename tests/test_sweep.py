@@ -351,3 +351,17 @@ def test_data_cache_is_shared_only_under_the_same_fingerprint(recipe, tmp_path):
     other = points / "d" / "run"
     assert R._share_data(load_recipe(recipe, ["data.max_length=50"]), other, points) is None
     assert not other.exists()
+
+
+def test_a_recipe_edited_while_the_sweep_runs_does_not_break_its_report(recipe, suite, tmp_path):
+    cfg = _cfg(recipe, suite, references=[], methods=[{"name": "lat", "recipe": recipe,
+                                                       "grid": {"adversary.epsilon": [0.5, 1.0]}}], match=None)
+
+    def edit(rec):  # after the first point: the recipe file no longer parses
+        Path(recipe).write_text("train: [")
+
+    s = run_sweep(cfg, tmp_path / "sw", progress=False, suite_kwargs={"attacks": {"echo": _Echo}}, on_point=edit)
+    # the first point is kept; the second, trained from the broken file, fails with its one-line reason
+    assert [p["status"] for p in s["points"]] == ["evaluated", "failed"]
+    assert "not valid YAML" in s["points"][1]["error"]
+    assert (tmp_path / "sw" / "report.md").is_file() and len(s["points"]) == 2

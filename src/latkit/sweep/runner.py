@@ -195,8 +195,9 @@ def _run_reference(label: str, out: Path, suite, eval_key: str, cfg: SweepConfig
     return rec
 
 
-def load_points(cfg: SweepConfig, output: str | os.PathLike) -> list[dict]:
-    """The records of every point (and reference) of ``cfg`` found in ``output``, in sweep order."""
+def load_points(cfg: SweepConfig, output: str | os.PathLike, points: Sequence[Point] | None = None) -> list[dict]:
+    """The records of every point (and reference) of ``cfg`` found in ``output``, in sweep order (``points``:
+    ``cfg``'s points as already expanded, so a recipe file edited while the sweep ran does not change them)."""
     out = Path(output)
     recs = []
     for label in cfg.references:
@@ -204,7 +205,7 @@ def load_points(cfg: SweepConfig, output: str | os.PathLike) -> list[dict]:
             rec = _read_json(f)
             if rec and rec.get("source") == label:
                 recs.append(rec)
-    for p in expand_points(cfg):
+    for p in expand_points(cfg) if points is None else points:
         rec = _read_json(out / "points" / p.id / POINT_FILE)
         # the overrides as this sweep file spells them (same id: the same resolved recipe)
         recs.append({**rec, "overrides": p.overrides} if rec else
@@ -226,7 +227,8 @@ def run_sweep(cfg: SweepConfig, output: str | os.PathLike, *, only: Sequence[str
     from latkit.sweep.report import write_report
 
     out = Path(output).expanduser()
-    points = _selected(expand_points(cfg), only)  # validates every override before anything trains
+    every = expand_points(cfg)  # validates every override before anything trains
+    points = _selected(every, only)
     suite = _suite_of(cfg)
     eval_key = _eval_key(suite, cfg.data_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,4 +249,4 @@ def run_sweep(cfg: SweepConfig, output: str | os.PathLike, *, only: Sequence[str
             _write_json(pfile, rec)
         if on_point is not None:
             on_point(rec)
-    return write_report(cfg, out, load_points(cfg, out))
+    return write_report(cfg, out, load_points(cfg, out, every))
