@@ -145,6 +145,7 @@ def test_mean_asr_and_its_interval():
     assert 0.0 < m["ci95"][0] < 0.25 < m["ci95"][1] < 0.5
     assert mean_asr({"big": {"asr": 0.25, "k": 250, "n": 1000}})["ci95"][1] - 0.25 < 0.03  # narrows with n
     assert mean_asr({}) == {"asr": None, "ci95": [0.0, 1.0], "attacks": 0}
+    assert mean_asr({"x": {"asr": 0.5, "k": None, "n": 10}}) == mean_asr({"x": {"asr": 0.5, "k": 5, "n": 10}})
 
 
 def test_point_scores_read_a_results_file():

@@ -30,7 +30,9 @@ def mean_asr(per_attack: Mapping[str, Mapping]) -> dict:
     m = sum(r["asr"] for r in rows) / len(rows)
     var = 0.0
     for r in rows:
-        n, k = r["n"], r.get("k", round(r["asr"] * r["n"]))
+        n, k = r["n"], r.get("k")
+        if k is None:  # a row without its count: recover it from the rate
+            k = round(r["asr"] * n)
         p = (k + 2) / (n + 4)
         var += p * (1 - p) / (n + 4)
     half = Z95 * math.sqrt(var) / len(rows)
