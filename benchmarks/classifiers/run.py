@@ -122,7 +122,7 @@ def table(agg: dict) -> str:
                  f"{r['cost']['train_s']['mean']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     attacks = list(first["novel_by_attack"])
-    lines += ["", "Accuracy under each novel attack (mean over severities 1–4 and seeds, %):", "",
+    lines += ["", "Accuracy under each novel attack (mean over its severities and the seeds, %):", "",
               "| method | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
     for m, r in rows.items():
         lines.append(f"| {m} | " + " | ".join(f"{100 * r['novel_by_attack'][a]['mean']:.1f}" for a in attacks) + " |")
