@@ -9,14 +9,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.backdoor_removal.run import compare, implant_recipe, load_scale, main, method_recipe  # noqa: E402
+from benchmarks.backdoor_removal.run import (  # noqa: E402
+    compare, implant_recipe, implanted_model_dir, load_scale, main, method_recipe)
 from latkit.train import load_recipe  # noqa: E402
 
 METHODS = ["SFT", "SFT-LAT", "DPO", "DPO-LAT"]
 OUT = Path("/bench")
 
 
-@pytest.mark.parametrize("scale", ["tiny", "cpu"])
+@pytest.mark.parametrize("scale", ["tiny", "cpu", "nonsense-cpu"])
 def test_every_scale_validates_and_methods_differ_only_where_they_should(scale):
     s = load_scale(scale)
     assert list(s["methods"]) == METHODS
@@ -36,11 +37,12 @@ def test_every_scale_validates_and_methods_differ_only_where_they_should(scale):
     assert recipes["DPO"].adversary.objective.kind == "none" and recipes["DPO"].defender.preference is not None
     assert recipes["DPO-LAT"].adversary.objective.kind == "dpo"
     assert recipes["DPO"].defender.preference == recipes["DPO-LAT"].defender.preference
-    # removal starts from the merged implant and reads the data dir; nothing in it holds a trigger
-    assert recipes["SFT"].model.name == str(OUT / "implant" / "model-merged")
-    assert recipes["SFT"].data.harmful.source == str(OUT / "data" / "removal_harmful.jsonl")
+    # removal starts from the implanted model (the merged LoRA, or the fully fine-tuned model) and reads
+    # the data dir; nothing in it holds a trigger
     imp = implant_recipe(s, OUT)
-    assert imp.output.merge and imp.data.harmful is None
+    assert recipes["SFT"].model.name == str(implanted_model_dir(imp, OUT / "implant"))
+    assert recipes["SFT"].data.harmful.source == str(OUT / "data" / "removal_harmful.jsonl")
+    assert (imp.output.merge if imp.finetune.method == "lora" else not imp.output.merge) and imp.data.harmful is None
     assert imp.data.benign.source == str(OUT / "data" / "implant.jsonl")
 
 
@@ -116,3 +118,26 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
 def test_unknown_method_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="unknown methods"):
         main(["--scale", "tiny", "--out", str(tmp_path), "--methods", "SFT,LAT"])
+
+
+def test_nonsense_backdoor_with_a_full_fine_tuning_implant(tmp_path, monkeypatch):
+    """The nonsense-cpu scale's shape at the tiny size: a nonsense backdoor implanted by full fine-tuning;
+    removal starts from OUT/implant/model and trigger success is a string match (no judge)."""
+    import yaml
+
+    monkeypatch.chdir(REPO)
+    s = yaml.safe_load((REPO / "benchmarks" / "backdoor_removal" / "scales" / "tiny.yaml").read_text())
+    s["data"]["mode"] = "nonsense"
+    s["implant"]["finetune"] = {"method": "full"}
+    s["implant"]["output"] = {"merge": False}
+    s["removal"]["model"]["name"] = "{implant}/model"
+    scale = tmp_path / "nonsense-tiny.yaml"
+    scale.write_text(yaml.safe_dump(s))
+    out = tmp_path / "bench"
+    rep = main(["--scale", str(scale), "--out", str(out), "--methods", "SFT", "--no-progress"])
+    assert not (out / "implant" / "model-merged").exists() and (out / "implant" / "model" / "config.json").exists()
+    res = json.loads((out / "eval" / "implanted.json").read_text())
+    assert res["mode"] == "nonsense" and res["trigger_success"]["judge"] == "contains_response"
+    rows = {r["row"]: r for r in rep["table"]}
+    assert list(rows) == ["base", "implanted", "SFT"] and rows["SFT"]["triggered_mean"] is not None
+    assert yaml.safe_load((out / "runs" / "SFT" / "recipe.yaml").read_text())["model"]["name"] == str(out / "implant" / "model")

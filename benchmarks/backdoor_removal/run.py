@@ -5,7 +5,8 @@ One command, for a scale file (``scales/<scale>.yaml``):
 1. ``OUT/data/``: ``latkit backdoor data`` with the base model (implant / removal / held-out
    evaluation prompts, disjoint; removal data checked trigger-free);
 2. ``OUT/implant/``: SFT implants the backdoor on the scale's triggers (LoRA, merged into
-   ``OUT/implant/model-merged``, the base of every removal run and their DPO reference);
+   ``OUT/implant/model-merged``, or ``OUT/implant/model`` for a full fine-tuning implant: the base of
+   every removal run and their DPO reference);
 3. ``OUT/runs/<method>/``: each removal method from the same data, seed, LoRA and number of
    defender updates; methods differ only in the adversary and the defender's harmful-data loss;
 4. ``OUT/eval/<row>.json``: trigger success (8 triggers, held-out trigger, variants, clean) and
@@ -85,8 +86,9 @@ def load_scale(spec: str) -> dict:
         if a not in scale["methods"] or b not in scale["methods"]:
             raise SystemExit(f"{path}: aim.pairs {a}: {b} names a method the scale does not have")
     out = Path("OUT")
-    if not implant_recipe(scale, out).output.merge:
-        raise SystemExit(f"{path}: the implant recipe needs output.merge: true (removal starts from model-merged)")
+    implant = implant_recipe(scale, out)
+    if implant.finetune.method == "lora" and not implant.output.merge:
+        raise SystemExit(f"{path}: a LoRA implant needs output.merge: true (removal starts from model-merged)")
     for method in scale["methods"]:
         method_recipe(scale, method, out)  # validate early: a typo fails before an hour of training
     scale["path"] = str(path)
@@ -111,11 +113,17 @@ def build_data_stage(scale: dict, out: Path, model_name: str, device: str) -> di
                       log=lambda m: print(f"[bench] {m}", flush=True))
 
 
+def implanted_model_dir(recipe, run_dir: Path) -> Path:
+    """Where the implanted model is: ``model-merged`` for a LoRA implant, ``model`` for full fine-tuning."""
+    return run_dir / ("model-merged" if recipe.finetune.method == "lora" else "model")
+
+
 def _finished(recipe, run_dir: Path) -> bool:
     if not (run_dir / "model").is_dir():
         return False
     merged = run_dir / "model-merged"
-    return not recipe.output.merge or ((merged / "config.json").exists() and any(merged.glob("*.safetensors")))
+    wants_merged = recipe.output.merge and recipe.finetune.method == "lora"
+    return not wants_merged or ((merged / "config.json").exists() and any(merged.glob("*.safetensors")))
 
 
 def train_run(recipe, run_dir: Path, progress: bool) -> dict:
@@ -266,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     costs = {"implanted": timed("train_implant_s", train_run, implant, out / "implant", progress)}
     evals = {"base": timed("eval_base_s", evaluate_stage, scale, "base", base_model, out, args.device),
              "implanted": timed("eval_implanted_s", evaluate_stage, scale, "implanted",
-                                str((out / "implant" / "model-merged").resolve()), out, args.device)}
+                                str(implanted_model_dir(implant, out / "implant").resolve()), out, args.device)}
     for m in methods:
         run_dir = out / "runs" / m
         costs[m] = timed(f"train_{m}_s", train_run, recipes[m], run_dir, progress)
