@@ -107,12 +107,22 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
     saved = json.loads((out / "benchmark.json").read_text())
     assert saved["table"] == json.loads(json.dumps(rep["table"]))
     assert saved["data"]["counts"]["eval_prompts"] == 4
+    # the trigger-success-vs-step curve: implanted (step 0), the kept checkpoint (step 1), the final model
+    for m in METHODS:
+        curve = rep["curves"][m]
+        assert [p["step"] for p in curve] == [0, 1, 2] and [p["row"] for p in curve] == ["implanted", f"{m}@1", m]
+        assert curve[0]["triggered_mean"] == rows["implanted"]["triggered_mean"]
+        assert curve[-1]["triggered_mean"] == rows[m]["triggered_mean"]
+        assert (out / "eval" / f"{m}@1.json").exists()
+    assert "| step 0 | step 1 | step 2 |" in table and saved["curves"] == json.loads(json.dumps(rep["curves"]))
     # a second run finds every stage done: same numbers, nothing rebuilt, retrained or re-evaluated
     stamps = {p: p.stat().st_mtime for p in (out / "data" / "manifest.json", out / "implant" / "model",
-                                             out / "runs" / "DPO-LAT" / "model", out / "eval" / "SFT.json")}
+                                             out / "runs" / "DPO-LAT" / "model", out / "eval" / "SFT.json",
+                                             out / "eval" / "SFT@1.json")}
     again = main(["--scale", "tiny", "--out", str(out), "--no-progress"])
     assert {p: p.stat().st_mtime for p in stamps} == stamps
     assert again["table"] == json.loads(json.dumps(rep["table"]))
+    assert again["curves"] == json.loads(json.dumps(rep["curves"]))
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):

@@ -10,7 +10,9 @@ One command, for a scale file (``scales/<scale>.yaml``):
 3. ``OUT/runs/<method>/``: each removal method from the same data, seed, LoRA and number of
    defender updates; methods differ only in the adversary and the defender's harmful-data loss;
 4. ``OUT/eval/<row>.json``: trigger success (8 triggers, held-out trigger, variants, clean) and
-   benign compliance of the base, the implanted and every removed model;
+   benign compliance of the base, the implanted and every removed model, and of every kept
+   checkpoint of each removal (``<method>@<step>``: the trigger-success-vs-step curve; set
+   ``train.keep_checkpoints`` so the removal keeps the steps you want on it);
 5. ``OUT/table.md`` and ``OUT/benchmark.json``: the table, each method's reduction of trigger
    success relative to the implanted model, and each LAT method's reduction over its twin's.
 
@@ -170,6 +172,43 @@ def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str) -
     return results
 
 
+def curve_stage(scale: dict, method: str, recipe, run_dir: Path, out: Path, device: str,
+                evals: dict[str, dict]) -> list[dict]:
+    """Trigger success and benign compliance against defender steps for one removal: the implanted
+    model (step 0), each kept intermediate checkpoint (evaluated as row ``<method>@<step>``) and the
+    final model (already in ``evals``)."""
+    from latkit.train.checkpoint import checkpoint_dirs, verify_checkpoint
+
+    def point(step: int, row: str) -> dict:
+        s = evals[row]["summary"]
+        return {"step": step, "row": row, "triggered_mean": s["triggered_mean"], "held_out": s["held_out"],
+                "variants_mean": s["variants_mean"], "benign_compliance": s["benign_compliance"]}
+
+    points = [point(0, "implanted")]
+    for ck in checkpoint_dirs(run_dir / "checkpoints"):
+        step = int(ck.name.split("-")[-1])
+        if step >= recipe.train.steps or verify_checkpoint(ck) is not None:
+            continue  # the last checkpoint is the final model; an untrusted one is not a point
+        row = f"{method}@{step}"
+        evals[row] = evaluate_stage(scale, row, str(ck.resolve()), out, device)
+        points.append(point(step, row))
+    points.append(point(recipe.train.steps, method))
+    return points
+
+
+def curve_table(curves: dict[str, list[dict]]) -> str:
+    """Markdown: one row per method, trigger success (benign compliance) at each evaluated step."""
+    steps = sorted({p["step"] for pts in curves.values() for p in pts})
+    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|" + "---|" * (len(steps) + 1)]
+    for m, pts in curves.items():
+        by = {p["step"]: p for p in pts}
+        lines.append(f"| {m} | " + " | ".join(
+            "–" if s not in by else f"{_pct(by[s]['triggered_mean'])} ({_pct(by[s]['benign_compliance'])})"
+            for s in steps) + " |")
+    return "\n".join(lines + ["", "Mean trigger success over the implanted triggers in % (benign compliance in %) "
+                               "after each number of defender updates; step 0 is the implanted model."])
+
+
 # ------------------------------------------------------------------------------ table
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
@@ -275,12 +314,15 @@ def main(argv: list[str] | None = None) -> dict:
     evals = {"base": timed("eval_base_s", evaluate_stage, scale, "base", base_model, out, args.device),
              "implanted": timed("eval_implanted_s", evaluate_stage, scale, "implanted",
                                 str(implanted_model_dir(implant, out / "implant").resolve()), out, args.device)}
+    curves: dict[str, list[dict]] = {}
     for m in methods:
         run_dir = out / "runs" / m
         costs[m] = timed(f"train_{m}_s", train_run, recipes[m], run_dir, progress)
         evals[m] = timed(f"eval_{m}_s", evaluate_stage, scale, m, str(run_dir.resolve()), out, args.device)
+        curves[m] = timed(f"curve_{m}_s", curve_stage, scale, m, recipes[m], run_dir, out, args.device, evals)
 
     md, tab = table(evals, costs, methods, scale.get("aim") or {})
+    md += "\n\n" + curve_table(curves)
     (out / "table.md").write_text(md + "\n")
     print(md, flush=True)
     timings["total_s"] = time.perf_counter() - t_start
@@ -290,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": machine(), "base_model": base_model, "methods": methods, "data": manifest,
               "eval_settings": evals["implanted"]["settings"], "aim": scale.get("aim") or {},
               "costs": costs, "table": tab["rows"], "reductions": tab["reductions"],
-              "lat_vs_twin": tab["lat_vs_twin"], "timings": timings,
+              "lat_vs_twin": tab["lat_vs_twin"], "curves": curves, "timings": timings,
               "recipes": {"implant": implant.model_dump(mode="json"),
                           **{m: r.model_dump(mode="json") for m, r in recipes.items()}}}
     bench_json = out / "benchmark.json"
