@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from benchmarks.common import benchmark_parser, machine, read_scale, select_methods
 
 HERE = Path(__file__).resolve().parent
