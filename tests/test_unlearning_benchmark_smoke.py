@@ -79,6 +79,15 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
         assert all(r[p] is not None for p in ("forget", "retain", "forget_eval"))
         assert list(r["relearn"]) == [0, 1, 2] and r["relearn"][0] == r["forget_eval"]
         assert r["distance_to_chance_after_relearn"] == pytest.approx(100 * abs(r["relearn"][2] - 0.25))
+        un = r["attacks"]["unrelated"]  # the extra attack: 3 retain texts, its own curve from the same start
+        assert un["texts"] == "retain" and un["n_texts"] == 3 and un["steps"] == [0, 1, 2]
+        assert un["accuracy"][0] == r["forget_eval"]
+        removed = rows["implanted"]["forget_eval"] - r["forget_eval"]
+        if removed > 0:
+            assert r["recovered_share"] == pytest.approx((r["relearn"][2] - r["forget_eval"]) / removed)
+        else:
+            assert r["recovered_share"] is None
+    assert rows["base"]["attacks"] == {} and rep["attacks"]["unrelated"]["max_texts"] == 3
     assert (out / "implanted" / "model.safetensors").exists() and rep["implant"]["steps"] == 3
     c = rep["costs"]
     assert c["GA"]["adversary_fb"] == 0 and c["RMU"]["adversary_fb"] == 0
@@ -88,6 +97,7 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
     assert rep["comparison"]["GA-LAT"]["twin"] == "GA"
     table = (out / "table.md").read_text()
     assert all(f"| {m} |" in table for m in ["base", "implanted", *METHODS]) and "forget_eval @2" in table
+    assert "unrelated @2" in table and "unrelated recovered" in table and "3 retain texts" in table
     assert "GA-LAT vs GA" in table
     saved = json.loads((out / "benchmark.json").read_text())
     assert saved["table"] == json.loads(json.dumps(rep["table"]))
@@ -122,6 +132,23 @@ def test_an_interrupted_run_resumes_its_training(tmp_path, monkeypatch):
     rep = main(["--scale", "tiny", "--out", str(out), "--no-progress", "--skip-relearn", "--methods", "GA,GA-LAT"])
     assert [r["method"] for r in rep["table"]] == ["base", "implanted", "GA", "GA-LAT"]
     assert rep["comparison"] == {} and all(r["relearn"] is None for r in rep["table"])
+
+
+def test_recovered_share():
+    from benchmarks.unlearning.run import recovered_share
+
+    assert recovered_share(0.25, 0.45, 0.65) == pytest.approx(0.5)  # half of the 40 removed points came back
+    assert recovered_share(0.25, 0.20, 0.65) == pytest.approx(-0.125)
+    assert recovered_share(0.60, 0.70, 0.60) is None  # unlearning removed nothing: no share to speak of
+    assert recovered_share(None, 0.7, 0.6) is None
+
+
+def test_a_bad_extra_attack_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = (REPO / "benchmarks" / "unlearning" / "scales" / "tiny.yaml").read_text()
+    bad.write_text(text.replace("max_texts: 3", "max_txts: 3"))
+    with pytest.raises(SystemExit, match="attacks.unrelated"):
+        main(["--scale", str(bad), "--out", str(tmp_path / "o")])
 
 
 def test_unknown_method_and_scale_are_clear_errors(tmp_path):

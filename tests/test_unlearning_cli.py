@@ -123,6 +123,26 @@ def test_eval_reports_accuracy_and_the_relearning_curve(implanted, data_dir, tmp
     assert code == 0 and "scoring: letter" in text and "relearning" not in text
 
 
+def test_eval_relearning_on_unrelated_texts(implanted, data_dir, tmp_path, capsys):
+    """--relearn-texts retain --relearn-max-texts 3: the attack trains on 3 texts unrelated to the forgotten
+    topic (Łucki et al.'s unrelated examples); a .jsonl path works too; a bad name fails before loading."""
+    out = tmp_path / "unrelated.json"
+    code, text, _ = _cli(["unlearn", "eval", "--model", str(implanted), "--data", str(data_dir), "--relearn",
+                          "--relearn-steps", "0,1", "--relearn-texts", "retain", "--relearn-max-texts", "3",
+                          "--output", str(out)], capsys)
+    assert code == 0 and "3 retain texts" in text
+    rl = json.loads(out.read_text())["relearn"]
+    assert rl["texts"] == "retain" and rl["n_texts"] == 3
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({"text": f"Unrelated sentence number {i}."}) + "\n" for i in range(5)))
+    code, _, _ = _cli(["unlearn", "eval", "--model", str(implanted), "--data", str(data_dir), "--relearn",
+                       "--relearn-steps", "0,1", "--relearn-texts", str(own), "--output", str(out)], capsys)
+    assert code == 0 and json.loads(out.read_text())["relearn"]["n_texts"] == 5
+    code, _, err = _cli(["unlearn", "eval", "--model", "no-such-model", "--data", str(data_dir), "--relearn",
+                         "--relearn-texts", "wikipedia"], capsys)
+    assert code == 2 and "wikipedia" in err and "neither a split" in err
+
+
 def test_eval_errors(tmp_path, data_dir, capsys):
     code, _, err = _cli(["unlearn", "eval", "--model", "tiny-random:llama", "--data", str(tmp_path)], capsys)
     assert code == 2 and "latkit unlearn facts" in err

@@ -85,6 +85,9 @@ class Scale(_Strict):
     implant: ImplantSettings = ImplantSettings()
     evaluation: EvalSettings = EvalSettings()
     relearn: RelearnConfig = RelearnConfig()
+    # more relearning attacks, each the keys that differ from ``relearn`` (e.g. unrelated text:
+    # {texts: retain, max_texts: 10}); each gets its own curve, columns and recovered share
+    attacks: dict[str, dict] = {}
     aim: AimSettings = AimSettings()
     recipe: dict
     methods: dict[str, dict | None]
@@ -100,9 +103,19 @@ def load_scale(spec: str) -> Scale:
         raise SystemExit(f"{path}: {e}") from None
     if scale.relearn.scoring != scale.evaluation.scoring:
         raise SystemExit(f"{path}: relearn.scoring must match evaluation.scoring")
+    for name in scale.attacks:
+        try:
+            attack_config(scale, name)
+        except ValidationError as e:
+            raise SystemExit(f"{path}: attacks.{name}: {e}") from None
     for method in scale.methods:  # validate early: a typo fails before the implanting
         method_recipe(scale, method, Path("DATA"), Path("MODEL"))
     return scale
+
+
+def attack_config(scale: Scale, name: str) -> RelearnConfig:
+    """The extra relearning attack ``name``: ``scale.relearn`` with that attack's keys replaced."""
+    return RelearnConfig.model_validate({**scale.relearn.model_dump(), **scale.attacks[name]})
 
 
 def method_recipe(scale: Scale, method: str, data_dir: Path, model_dir: Path, extra: list[str] | None = None):
@@ -194,14 +207,17 @@ def evaluate_row(scale: Scale, source: str, data_dir: Path, result: Path, *, rel
 
     if result.exists():
         cached = json.loads(result.read_text())
-        if cached.get("relearn") or not relearn:  # an evaluation without relearning is redone with it
+        # an evaluation without relearning (or without one of the attacks) is redone with it
+        if not relearn or (cached.get("relearn") and set(scale.attacks) <= set(cached.get("attacks") or {})):
             return cached
     print(f"[bench] evaluating {source}{' + relearning' if relearn else ''}", flush=True)
     t = time.perf_counter()
     model, tok = load_for_eval(source, device, merge=True, require_chat_template=False)
     ev = scale.evaluation
     rec = {"model": source, **evaluate_data_dir(model, tok, data_dir, scoring=ev.scoring, batch_size=ev.batch_size,
-                                                relearn=scale.relearn if relearn else None)}
+                                                relearn=scale.relearn if relearn else None,
+                                                attacks={n: attack_config(scale, n) for n in scale.attacks}
+                                                if relearn else None)}
     if ev.mmlu is not None:
         rec["mmlu"] = _mmlu(model, tok, ev.mmlu)
     rec["wall_s"] = time.perf_counter() - t
@@ -217,24 +233,43 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.0f}"
 
 
-def row_record(name: str, ev: dict, cost: dict | None, steps: list[int]) -> dict:
-    """The numbers of one table row (accuracies as fractions, distance to chance in points)."""
+def recovered_share(before: float | None, after: float | None, implanted: float | None) -> float | None:
+    """The share of what unlearning removed (implanted − before) that relearning brought back
+    (after − before); None when unlearning removed nothing (or a number is missing)."""
+    if before is None or after is None or implanted is None or implanted - before <= 0:
+        return None
+    return (after - before) / (implanted - before)
+
+
+def row_record(name: str, ev: dict, cost: dict | None, steps: list[int], implanted: float | None = None) -> dict:
+    """The numbers of one table row (accuracies as fractions, distance to chance in points). ``implanted``:
+    the implanted model's forget_eval accuracy, for the share of the removed knowledge each attack brings back."""
     acc = {p: (ev["accuracy"].get(p) or {}).get("accuracy") for p in ("forget", "retain", "forget_eval")}
     rl = ev.get("relearn")
     curve = dict(zip(rl["steps"], rl["accuracy"])) if rl else {}
     after = rl["accuracy"][-1] if rl else None
     mmlu = ev.get("mmlu") or {}
+    attacks = {}
+    for attack, a in (ev.get("attacks") or {}).items():
+        attacks[attack] = {"texts": a.get("texts"), "n_texts": a["n_texts"], "steps": a["steps"],
+                           "accuracy": a["accuracy"], "distance_to_chance": 100 * abs(a["accuracy"][-1] - a["chance"]),
+                           "recovered_share": recovered_share(a["accuracy"][0], a["accuracy"][-1], implanted)}
     return {"method": name, **acc, "n": {p: (ev["accuracy"].get(p) or {}).get("n") for p in acc},
             "relearn": {s: curve.get(s) for s in steps} if rl else None,
             "relearn_steps": rl["steps"][-1] if rl else None,
             "distance_to_chance_after_relearn": None if after is None else 100 * abs(after - rl["chance"]),
-            "mmlu": mmlu.get("accuracy"), "cost": cost}
+            "recovered_share": recovered_share(rl["accuracy"][0], after, implanted) if rl else None,
+            "attacks": attacks, "mmlu": mmlu.get("accuracy"), "cost": cost}
 
 
 def table(rows: list[dict], steps: list[int], reference: str | None) -> str:
     """Markdown: one row per model; accuracies in %, distance to chance in points, training cost."""
     has_mmlu = any(r["mmlu"] is not None for r in rows)
+    attacks = list(dict.fromkeys(a for r in rows for a in r.get("attacks") or {}))
+    last = {a: next(r["attacks"][a]["steps"][-1] for r in rows if a in (r.get("attacks") or {})) for a in attacks}
     head = ["forget", "retain"] + [f"forget_eval @{s}" for s in steps] + ["|Δ chance| after relearn"]
+    head += ["recovered"] if steps else []
+    head += [c for a in attacks for c in (f"{a} @{last[a]}", f"{a} recovered")]
     head += (["MMLU"] if has_mmlu else []) + ["train wall (s)", "train FB-equiv", f"× {reference}" if reference
                                                 else "× first"]
     lines = ["| model | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
@@ -244,6 +279,11 @@ def table(rows: list[dict], steps: list[int], reference: str | None) -> str:
         cells = [_pct(r["forget"]), _pct(r["retain"])] + [_pct(rl.get(s)) for s in steps]
         d = r["distance_to_chance_after_relearn"]
         cells.append("–" if d is None else f"{d:.0f}")
+        if steps:
+            cells.append(_pct(r.get("recovered_share")))
+        for a in attacks:
+            got = (r.get("attacks") or {}).get(a)
+            cells += ["–", "–"] if not got else [_pct(got["accuracy"][-1]), _pct(got["recovered_share"])]
         if has_mmlu:
             cells.append("–" if r["mmlu"] is None else f"{100 * r['mmlu']:.1f}")
         c = r["cost"]
@@ -258,7 +298,13 @@ def table(rows: list[dict], steps: list[int], reference: str | None) -> str:
                   f"{n['forget_eval']} forget_eval). forget_eval @k: after k LoRA steps on the relearn texts "
                   "(other facts of the forget topic). |Δ chance|: points between chance and forget_eval accuracy "
                   "after the last relearning step (lower = more thoroughly unlearned). FB-equiv = forward+backward "
-                  "token-equivalents through the decoder (latkit.train.compute)."]
+                  "token-equivalents through the decoder (latkit.train.compute). recovered: the share (%) of the "
+                  "forget_eval accuracy unlearning removed (implanted − @0) that the attack brings back by its last "
+                  "step (– where unlearning removed nothing)."]
+    for a in attacks:
+        got = next(r["attacks"][a] for r in rows if a in (r.get("attacks") or {}))
+        lines.append(f"{a}: the same attack on {got['n_texts']} {got['texts']} texts, forget_eval accuracy after "
+                     f"{last[a]} steps.")
     return "\n".join(lines)
 
 
@@ -310,7 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
                          relearn=relearn and name != "base", device=args.device) for name, src in sources.items()}
 
     steps = list(scale.relearn.steps) if relearn else []
-    rows = {name: row_record(name, ev, costs.get(name), steps) for name, ev in evals.items()}
+    implanted_fe = (evals["implanted"]["accuracy"].get("forget_eval") or {}).get("accuracy")
+    rows = {name: row_record(name, ev, costs.get(name), steps, implanted_fe) for name, ev in evals.items()}
     pairs = twins(methods)
     md = table(list(rows.values()), steps, methods[0] if methods else None)
     comparison = compare_twins(rows, pairs, scale.aim) if relearn else {}
@@ -329,7 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
               "forget_topics": split["forget_topics"],
               "implant": {k: v for k, v in implanted.items() if k != "losses"} | {
                   "loss_first": implanted["losses"][0], "loss_last": implanted["losses"][-1]},
-              "relearn": scale.relearn.model_dump(mode="json"), "costs": costs, "table": list(rows.values()),
+              "relearn": scale.relearn.model_dump(mode="json"),
+              "attacks": {n: attack_config(scale, n).model_dump(mode="json") for n in scale.attacks}, "costs": costs, "table": list(rows.values()),
               "comparison": comparison, "evaluations": {k: str(out / "eval" / f"{k}.json") for k in evals},
               "recipes": {m: method_recipe(scale, m, (out / "data").resolve(), model_dir.resolve(),
                                            args.overrides).model_dump(mode="json") for m in methods}}

@@ -118,6 +118,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="relearn texts per step (default: %(default)s)")
     e.add_argument("--relearn-rank", type=_positive, default=default.lora.r,
                    help="relearning LoRA rank (default: %(default)s; alpha = 2 × rank)")
+    e.add_argument("--relearn-texts", default=default.texts,
+                   help="what the attack trains on: relearn (other facts of the forgotten topic, default), retain "
+                        "(unrelated text), forget, or a .jsonl file with a text column")
+    e.add_argument("--relearn-max-texts", type=_positive, default=None,
+                   help="train on only the first N of those texts (e.g. 10 unrelated examples)")
     e.add_argument("--seed", type=int, default=0, help="seed of the relearning attack")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     e.set_defaults(func=cmd_eval)
@@ -173,13 +178,14 @@ def format_report(results: dict) -> str:
     rl = results.get("relearn")
     if rl:
         curve = "  ".join(f"{s}: {_pct(a)}" for s, a in zip(rl["steps"], rl["accuracy"]))
-        lines.append(f"  relearning (forget_eval accuracy after N steps on {rl['n_texts']} relearn texts): {curve}")
+        lines.append(f"  relearning (forget_eval accuracy after N steps on {rl['n_texts']} "
+                     f"{rl.get('texts', 'relearn')} texts): {curve}")
     return "\n".join(lines)
 
 
 def cmd_eval(args) -> int:
     from latkit.unlearning.data import split_files
-    from latkit.unlearning.datadir import evaluate_data_dir
+    from latkit.unlearning.datadir import attack_texts, evaluate_data_dir
     from latkit.models.loading import load_for_eval
     from latkit.unlearning.relearn import RelearnConfig
 
@@ -190,7 +196,9 @@ def cmd_eval(args) -> int:
 
         relearn = RelearnConfig(steps=args.relearn_steps, learning_rate=args.relearn_lr,
                                 batch_size=args.relearn_batch_size, seed=args.seed, eval_batch_size=args.batch_size,
-                                lora=LoraSettings(r=args.relearn_rank, alpha=2 * args.relearn_rank))
+                                lora=LoraSettings(r=args.relearn_rank, alpha=2 * args.relearn_rank),
+                                texts=args.relearn_texts, max_texts=args.relearn_max_texts)
+        attack_texts(args.data, relearn)  # bad texts fail before the model loads
     model, tok = load_for_eval(args.model, args.device, merge=True, require_chat_template=False)
     results = {"model": args.model, "data": str(args.data),
                **evaluate_data_dir(model, tok, args.data, scoring=args.scoring, batch_size=args.batch_size,

@@ -151,10 +151,18 @@ def implant_model_dir(model_name: str, text_files: Sequence, out_dir, *, steps: 
 class RelearnConfig(BaseModel):
     """Budget: LoRA (rank 8, alpha 16, all linear layers) trained with AdamW at ``learning_rate`` on
     batches of ``batch_size`` relearn texts (reshuffled each epoch from ``seed``); accuracy (by
-    ``scoring``) after each count in ``steps`` (the largest is the number of optimizer steps)."""
+    ``scoring``) after each count in ``steps`` (the largest is the number of optimizer steps).
+
+    ``texts`` says what the attack trains on when it runs on a split directory
+    (:func:`latkit.unlearning.datadir.evaluate_data_dir`): ``relearn`` (other facts of the forgotten
+    topic, the default), ``retain`` (text unrelated to the forgotten topic, as in Łucki et al. 2024's
+    "10 unrelated examples"), ``forget``, or a path to a ``.jsonl`` with a ``text`` column; ``max_texts``
+    keeps only the first that many."""
 
     model_config = ConfigDict(extra="forbid")
 
+    texts: str = Field("relearn", min_length=1)
+    max_texts: int | None = Field(None, ge=1)
     steps: tuple[int, ...] = (0, 5, 10, 25, 50)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(5e-4, gt=0)
