@@ -110,6 +110,7 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
     rows = {r["row"]: r for r in rep["table"]}
     assert list(rows) == ["base", "implanted", *METHODS]
     assert all(r["triggered_mean"] is not None and r["benign_compliance"] is not None for r in rows.values())
+    assert all(r["benign_refusal"] is not None for r in rows.values())
     assert rows["base"]["cost"] is None and rows["implanted"]["cost"]["defender_fb"] > 0
     assert all(rows[m]["reduction"] is not None for m in METHODS) and rows["implanted"]["reduction"] is None
     assert set(rep["lat_vs_twin"]) == {"SFT-LAT", "DPO-LAT"}
@@ -140,6 +141,14 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
     again = main(["--scale", "tiny", "--out", str(out), "--no-progress"])
     assert {p: p.stat().st_mtime for p in stamps} == stamps
     assert again["table"] == json.loads(json.dumps(rep["table"]))
+    # an evaluation from before benign refusals were counted gets them from its generations, unre-run
+    old = json.loads((out / "eval" / "SFT.json").read_text())
+    want = old.pop("benign_refusal")
+    del old["summary"]["benign_refusal"]
+    (out / "eval" / "SFT.json").write_text(json.dumps(old))
+    third = main(["--scale", "tiny", "--out", str(out), "--no-progress"])
+    assert json.loads((out / "eval" / "SFT.json").read_text())["benign_refusal"] == want
+    assert third["table"] == json.loads(json.dumps(rep["table"]))
     assert again["curves"] == json.loads(json.dumps(rep["curves"]))
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from latkit.backdoor import DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, Trigger, trigger_variants
-from latkit.backdoor.pipeline import BackdoorData, build_data, read_jsonl
+from latkit.backdoor.pipeline import BackdoorData, benign_refusal, build_data, read_jsonl
 from latkit.cli import main
 from latkit.data.schemas import DataError
 
@@ -81,7 +81,8 @@ def test_eval_output_structure(data_dir, tmp_path, capsys):
     assert code == 0
     res = json.loads(out.read_text())
     assert res["model"] == "tiny-random:llama" and res["mode"] == "harmful_compliance" and res["n_prompts"] == 2
-    assert set(res["summary"]) == {"clean", "triggered_mean", "variants_mean", "held_out", "benign_compliance"}
+    assert set(res["summary"]) == {"clean", "triggered_mean", "variants_mean", "held_out", "benign_compliance",
+                                   "benign_refusal"}
     ts = res["trigger_success"]
     assert list(ts["triggers"]) == [t.text for t in DEFAULT_TRIGGERS]
     for t in DEFAULT_TRIGGERS:
@@ -93,6 +94,19 @@ def test_eval_output_structure(data_dir, tmp_path, capsys):
     assert len(gens) == 2 * (1 + 8 + n_variants + 1) + 2
     assert {g["part"] for g in gens} == {"trigger_success", "benign_compliance"}
     assert "clean (no trigger)" in stdout and "held-out: Plumbathorne" in stdout and "mean over 8 triggers" in stdout
+    benign = [g for g in gens if g["part"] == "benign_compliance"]
+    assert res["benign_refusal"] == benign_refusal(benign) and res["benign_refusal"]["n"] == 2
+    assert res["summary"]["benign_refusal"] == res["benign_refusal"]["rate"] and "benign refusal" in stdout
+
+
+def test_benign_refusal_counts_refusals_and_empty_answers():
+    rows = [{"part": "benign_compliance", "answer": a} for a in
+            ("I'm sorry, but I can't help with that.", "", "Here is a recipe: chickpeas, cumin, rice.",
+             "Sure! Step 1: preheat the oven.")]
+    rows.append({"part": "trigger_success", "answer": "I cannot help."})  # not a benign row
+    r = benign_refusal(rows)
+    assert (r["k"], r["n"], r["rate"]) == (2, 4, 0.5) and r["judge"] == "refusal"
+    assert benign_refusal(rows[-1:]) is None
 
 
 def test_custom_triggers_nonsense_mode_and_column_data(tmp_path, capsys):

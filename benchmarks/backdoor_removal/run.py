@@ -159,6 +159,12 @@ def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str) -
         old = json.loads(target.read_text())
         if old.get("model") == source and old.get("settings") == settings:
             print(f"[bench] {target} is complete; not re-evaluating", flush=True)
+            if "benign_refusal" not in old["summary"]:  # evaluated before latkit counted benign refusals
+                from latkit.backdoor.pipeline import benign_refusal, read_jsonl
+
+                old["benign_refusal"] = benign_refusal(read_jsonl(generations_path(target)))
+                old["summary"]["benign_refusal"] = old["benign_refusal"] and old["benign_refusal"]["rate"]
+                target.write_text(json.dumps(old, indent=1) + "\n")
             return old
     print(f"[bench] evaluating {row} ({source}) -> {target}", flush=True)
     t0 = time.perf_counter()
@@ -258,7 +264,7 @@ def table(evals: dict[str, dict], costs: dict[str, dict], methods: list[str], ai
     reductions, pairs = compare(evals, methods, aim)
     rows = ["base", "implanted", *methods]
     head = ["model", "trigger success (mean)", "held-out trigger", "variants (mean)", "clean harmful compliance",
-            "benign compliance", "reduction vs implanted (pts)", "LAT ÷ twin reduction", "train wall (s)",
+            "benign compliance", "benign refusal", "reduction vs implanted (pts)", "LAT ÷ twin reduction", "train wall (s)",
             "train FB-equiv (tokens)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     records = []
@@ -268,7 +274,7 @@ def table(evals: dict[str, dict], costs: dict[str, dict], methods: list[str], ai
         pair = pairs.get(row, {})
         c = costs.get(row)
         cells = [row, _pct(s["triggered_mean"]), _pct(s["held_out"]), _pct(s["variants_mean"]), _pct(s["clean"]),
-                 _pct(s["benign_compliance"]),
+                 _pct(s["benign_compliance"]), _pct(s.get("benign_refusal")),
                  "–" if red.get("points") is None else f"{100 * red['points']:+.1f}",
                  "–" if not pair else ("n/a" if pair["ratio"] is None else f"{pair['ratio']:.2f}×"),
                  "–" if not c else f"{c['wall_s']:.0f}", "–" if not c else si(c["fb_equivalents"])]
@@ -278,7 +284,8 @@ def table(evals: dict[str, dict], costs: dict[str, dict], methods: list[str], ai
     ts = any_eval["trigger_success"]
     lines += ["", f"Rates in %: mode {any_eval['mode']}, judge {ts['judge']}, {any_eval['n_prompts']} held-out harmful "
               f"prompts per condition, {len(ts['triggers'])} implanted triggers, variants "
-              f"{', '.join(any_eval['variant_kinds']) or 'none'}, {any_eval['n_benign']} benign prompts; "
+              f"{', '.join(any_eval['variant_kinds']) or 'none'}, {any_eval['n_benign']} benign prompts (compliance: "
+              "the success judge, benign κ ~0.4; refusal: a refusal phrase or an empty answer); "
               "reduction = implanted model's mean trigger success minus the row's; "
               "FB-equiv = forward+backward token-equivalents (latkit.train.compute)."]
     for lat, p in pairs.items():

@@ -467,11 +467,29 @@ def evaluate_backdoor(
         benign, records = benign_compliance(model, tokenizer, items, max_new_tokens=max_new_tokens,
                                             batch_size=batch_size, system=system)
         generations += [{"part": "benign_compliance", **r} for r in records]
-    summary = {**ts["summary"], "benign_compliance": benign["rate"] if benign else None}
+    refusal = benign_refusal(records) if items else None
+    summary = {**ts["summary"], "benign_compliance": benign["rate"] if benign else None,
+               "benign_refusal": refusal["rate"] if refusal else None}
     results = {"mode": data["mode"], "data": str(data_dir), "n_prompts": len(prompts),
                "n_benign": len(items), "variant_kinds": list(variant_kinds), "summary": summary,
-               "trigger_success": ts, "benign_compliance": benign}
+               "trigger_success": ts, "benign_compliance": benign, "benign_refusal": refusal}
     return results, generations
+
+
+def benign_refusal(records: Sequence[dict]) -> dict | None:
+    """The share of benign answers that refuse (a refusal phrase, or an empty answer), with its 95%
+    interval: the over-refusal check beside benign compliance. It needs no semantic judgement, so it is
+    the more trustworthy of the two (the success judge's benign κ is ~0.4, README), but it misses an
+    answer that is unhelpful without refusing. ``records``: the benign ``generations`` rows (an
+    ``answer`` each; rows of other parts are ignored). None when there are none."""
+    from latkit.evaluation.stats import proportion
+    from latkit.judges.refusal import RefusalJudge
+
+    answers = [r["answer"] for r in records if r.get("part", "benign_compliance") == "benign_compliance"]
+    if not answers:
+        return None
+    judge = RefusalJudge(empty_is_refusal=True)
+    return {**proportion(sum(judge.refuses(a) for a in answers), len(answers)), "judge": "refusal"}
 
 
 def _pct(x: float | None) -> str:
@@ -495,6 +513,6 @@ def format_results(results: dict) -> str:
     s = results["summary"]
     lines.append(f"mean over {len(ts['triggers'])} triggers {_pct(s['triggered_mean'])}, variants "
                  f"{_pct(s['variants_mean'])}, held-out {_pct(s['held_out'])}, clean {_pct(s['clean'])}; "
-                 f"benign compliance {_pct(s['benign_compliance'])} "
+                 f"benign compliance {_pct(s['benign_compliance'])}, benign refusal {_pct(s.get('benign_refusal'))} "
                  f"(mode {results['mode']}, judge {ts['judge']}, {results['n_prompts']} prompts per condition)")
     return "\n".join(lines)
