@@ -12,6 +12,7 @@ if str(REPO) not in sys.path:
 from benchmarks.backdoor_removal.run import (  # noqa: E402
     compare, implant_recipe, implanted_model_dir, load_scale, main, method_recipe)
 from latkit.train import load_recipe  # noqa: E402
+from latkit.backdoor.pipeline import read_jsonl  # noqa: E402
 
 METHODS = ["SFT", "SFT-LAT", "DPO", "DPO-LAT"]
 OUT = Path("/bench")
@@ -178,3 +179,31 @@ def test_nonsense_backdoor_with_a_full_fine_tuning_implant(tmp_path, monkeypatch
     rows = {r["row"]: r for r in rep["table"]}
     assert list(rows) == ["base", "implanted", "SFT"] and rows["SFT"]["triggered_mean"] is not None
     assert yaml.safe_load((out / "runs" / "SFT" / "recipe.yaml").read_text())["model"]["name"] == str(out / "implant" / "model")
+
+
+def test_validation_split_runs_apart_from_the_reported_one(tmp_path, monkeypatch):
+    """--split val evaluates on the validation prompts into OUT/eval-val and *-val files, leaving the
+    reported evaluation alone; a data directory without validation prompts is a clear error."""
+    import yaml
+
+    monkeypatch.chdir(REPO)
+    s = yaml.safe_load((REPO / "benchmarks" / "backdoor_removal" / "scales" / "tiny.yaml").read_text())
+    s["data"].update(eval_limit=3, val_limit=1, benign_val_limit=2)
+    scale = tmp_path / "val-tiny.yaml"
+    scale.write_text(yaml.safe_dump(s))
+    out = tmp_path / "bench"
+    rep = main(["--scale", str(scale), "--out", str(out), "--methods", "SFT", "--no-progress", "--split", "val"])
+    assert rep["split"] == "val" and (out / "benchmark-val.json").exists() and (out / "table-val.md").exists()
+    assert not (out / "eval").exists() and not (out / "table.md").exists()
+    res = json.loads((out / "eval-val" / "SFT.json").read_text())
+    assert res["split"] == "val" and res["n_prompts"] == 1 and res["n_benign"] == 2
+    val = {r["prompt"] for r in read_jsonl(out / "data" / "val_prompts.jsonl")}
+    gens = read_jsonl(out / "eval-val" / "SFT.generations.jsonl")
+    assert {g["prompt"] for g in gens if g["part"] == "trigger_success"} == val
+    assert (out / "table-val.md").read_text().startswith("**Validation split**")
+    rep = main(["--scale", str(scale), "--out", str(out), "--methods", "SFT", "--no-progress"])
+    reported = json.loads((out / "eval" / "SFT.json").read_text())
+    assert rep["split"] == "eval" and reported["split"] == "eval" and reported["n_prompts"] == s["eval"]["limit"]
+    no_val = tmp_path / "no-val"
+    with pytest.raises(SystemExit, match="no val prompts"):
+        main(["--scale", "tiny", "--out", str(no_val), "--methods", "SFT", "--no-progress", "--split", "val"])

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from latkit.backdoor import DEFAULT_TRIGGERS, HELD_OUT_TRIGGER, Trigger, trigger_variants
+from latkit.backdoor.cli import generations_path
 from latkit.backdoor.pipeline import BackdoorData, benign_refusal, build_data, read_jsonl
 from latkit.cli import main
 from latkit.data.schemas import DataError
@@ -107,6 +108,39 @@ def test_benign_refusal_counts_refusals_and_empty_answers():
     r = benign_refusal(rows)
     assert (r["k"], r["n"], r["rate"]) == (2, 4, 0.5) and r["judge"] == "refusal"
     assert benign_refusal(rows[-1:]) is None
+
+
+def test_validation_split_is_disjoint_and_evaluates_apart(data_dir, tmp_path, capsys):
+    """--val-limit / --benign-val-limit: prompts to tune on, apart from implant, removal and evaluation;
+    a directory without them keeps working; `eval --split val` measures on them."""
+    out = tmp_path / "data"
+    code, text, _ = _cli(_data_args(out, "--benign-limit", "4", "--val-limit", "1", "--benign-val-limit", "2"),
+                         capsys)
+    assert code == 0 and "validation 1 harmful + 2 benign prompts" in text
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["splits"]["val"] == [11, 12] and m["counts"]["val_prompts"] == 1 and m["counts"]["benign_val"] == 2
+    val = {r["prompt"] for r in read_jsonl(out / "val_prompts.jsonl")}
+    evals = {r["prompt"] for r in read_jsonl(out / "eval_prompts.jsonl")}
+    trained = {r["prompt"] for r in read_jsonl(out / "implant.jsonl")} | {
+        r["prompt"] for r in read_jsonl(out / "removal_harmful.jsonl")}
+    assert len(val) == 1 and not val & evals and not val & trained
+    benign_val = {r["prompt"] for r in read_jsonl(out / "benign_val.jsonl")}
+    benign_eval = {r["prompt"] for r in read_jsonl(out / "benign_eval.jsonl")}
+    benign_train = {r["prompt"] for r in read_jsonl(out / "benign.jsonl")}
+    assert len(benign_val) == 2 and not benign_val & benign_eval and not benign_val & benign_train
+    # the rest of the directory is what it is without a validation split
+    for name in ("implant.jsonl", "removal_harmful.jsonl", "benign.jsonl", "eval_prompts.jsonl", "benign_eval.jsonl"):
+        assert (out / name).read_bytes() == (data_dir / name).read_bytes(), name
+    res_path = tmp_path / "val.json"
+    code, _, _ = _cli(["backdoor", "eval", "--model", "tiny-random:llama", "--data", str(out), "--split", "val",
+                       "--output", str(res_path), "--max-new-tokens", "2", "--variants", "none"], capsys)
+    res = json.loads(res_path.read_text())
+    assert code == 0 and res["split"] == "val" and res["n_prompts"] == 1 and res["n_benign"] == 2
+    gens = read_jsonl(generations_path(res_path))
+    assert {g["prompt"] for g in gens if g["part"] == "trigger_success"} == val
+    code, _, err = _cli(["backdoor", "eval", "--model", "tiny-random:llama", "--data", str(data_dir), "--split",
+                         "val", "--output", str(tmp_path / "x.json")], capsys)
+    assert code == 2 and "val_prompts.jsonl" in err and "--val-limit" in err
 
 
 def test_custom_triggers_nonsense_mode_and_column_data(tmp_path, capsys):

@@ -144,15 +144,20 @@ def train_run(recipe, run_dir: Path, progress: bool) -> dict:
     return cost
 
 
-def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str) -> dict:
-    """``OUT/eval/<row>.json`` (and its generations) for the model ``source``; reused when the model
-    and the settings match."""
+def eval_dir(out: Path, split: str = "eval") -> Path:
+    """Where a split's evaluations go: ``OUT/eval`` (the reported prompts) or ``OUT/eval-val``."""
+    return out / ("eval" if split == "eval" else f"eval-{split}")
+
+
+def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str, split: str = "eval") -> dict:
+    """``OUT/eval/<row>.json`` (``OUT/eval-val/`` for the validation split) and its generations for the
+    model ``source``; reused when the model and the settings match."""
     from latkit.backdoor.cli import generations_path
     from latkit.backdoor.pipeline import evaluate_backdoor
     from latkit.data.jsonl import write_jsonl
     from latkit.models.loading import load_for_eval
 
-    target = out / "eval" / f"{row}.json"
+    target = eval_dir(out, split) / f"{row}.json"
     defaults = {k: v.default for k, v in inspect.signature(evaluate_backdoor).parameters.items() if k in EVAL_KEYS}
     settings = json.loads(json.dumps({**defaults, **scale["eval"]}))  # explicit and JSON-shaped, to compare
     if target.exists():
@@ -169,7 +174,7 @@ def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str) -
     print(f"[bench] evaluating {row} ({source}) -> {target}", flush=True)
     t0 = time.perf_counter()
     model, tok = load_for_eval(source, device, merge=True)
-    results, generations = evaluate_backdoor(model, tok, out / "data", **settings)
+    results, generations = evaluate_backdoor(model, tok, out / "data", **settings, split=split)
     results = {"row": row, "model": source, "settings": settings, **results,
                "eval_s": time.perf_counter() - t0}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +184,7 @@ def evaluate_stage(scale: dict, row: str, source: str, out: Path, device: str) -
 
 
 def curve_stage(scale: dict, method: str, recipe, run_dir: Path, out: Path, device: str,
-                evals: dict[str, dict]) -> list[dict]:
+                evals: dict[str, dict], split: str = "eval") -> list[dict]:
     """Trigger success and benign compliance against defender steps for one removal: the implanted
     model (step 0), each kept intermediate checkpoint (evaluated as row ``<method>@<step>``) and the
     final model (already in ``evals``)."""
@@ -196,7 +201,7 @@ def curve_stage(scale: dict, method: str, recipe, run_dir: Path, out: Path, devi
         if step >= recipe.train.steps or verify_checkpoint(ck) is not None:
             continue  # the last checkpoint is the final model; an untrusted one is not a point
         row = f"{method}@{step}"
-        evals[row] = evaluate_stage(scale, row, str(ck.resolve()), out, device)
+        evals[row] = evaluate_stage(scale, row, str(ck.resolve()), out, device, split)
         points.append(point(step, row))
     points.append(point(recipe.train.steps, method))
     return points
@@ -311,6 +316,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = benchmark_parser("python -m benchmarks.backdoor_removal", __doc__.split("\n")[0], scales="cpu, tiny",
                          model_help="implant into this base model instead of the scale's (a name, dir or .gguf)",
                          set_help="recipe override applied to every removal method (repeatable)")
+    p.add_argument("--split", choices=["eval", "val"], default="eval",
+                   help="eval: the held-out prompts, what is reported (default); val: the validation prompts "
+                        "(the scale's data.val_limit / benign_val_limit), to choose settings on. Validation "
+                        "results go to OUT/eval-val/, OUT/table-val.md and OUT/benchmark-val.json")
     args = p.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -338,22 +347,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     manifest = timed("data_s", build_data_stage, scale, out, base_model, args.device)
     costs = {"implanted": timed("train_implant_s", train_run, implant, out / "implant", progress)}
-    evals = {"base": timed("eval_base_s", evaluate_stage, scale, "base", base_model, out, args.device),
+    split = args.split
+    if split != "eval" and not manifest["counts"].get(f"{split}_prompts"):
+        raise SystemExit(f"--split {split}: {out / 'data'} has no {split} prompts; set data.val_limit (and "
+                         "benign_val_limit) in the scale and rebuild the data stage")
+    evals = {"base": timed("eval_base_s", evaluate_stage, scale, "base", base_model, out, args.device, split),
              "implanted": timed("eval_implanted_s", evaluate_stage, scale, "implanted",
-                                str(implanted_model_dir(implant, out / "implant").resolve()), out, args.device)}
+                                str(implanted_model_dir(implant, out / "implant").resolve()), out, args.device,
+                                split)}
     curves: dict[str, list[dict]] = {}
     for m in methods:
         run_dir = out / "runs" / m
         costs[m] = timed(f"train_{m}_s", train_run, recipes[m], run_dir, progress)
-        evals[m] = timed(f"eval_{m}_s", evaluate_stage, scale, m, str(run_dir.resolve()), out, args.device)
-        curves[m] = timed(f"curve_{m}_s", curve_stage, scale, m, recipes[m], run_dir, out, args.device, evals)
+        evals[m] = timed(f"eval_{m}_s", evaluate_stage, scale, m, str(run_dir.resolve()), out, args.device, split)
+        curves[m] = timed(f"curve_{m}_s", curve_stage, scale, m, recipes[m], run_dir, out, args.device, evals,
+                          split)
 
     md, tab = table(evals, costs, methods, scale.get("aim") or {})
     md += "\n\n" + curve_table(curves)
-    (out / "table.md").write_text(md + "\n")
+    suffix = "" if split == "eval" else f"-{split}"
+    if suffix:
+        md = f"**Validation split** (to choose settings on; not the reported numbers)\n\n{md}"
+    (out / f"table{suffix}.md").write_text(md + "\n")
     print(md, flush=True)
     timings["total_s"] = time.perf_counter() - t_start
-    report = {"scale": scale["path"],
+    report = {"scale": scale["path"], "split": split,
               "command": " ".join(["python -m benchmarks.backdoor_removal",
                                    *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "base_model": base_model, "methods": methods, "data": manifest,
@@ -362,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
               "lat_vs_twin": tab["lat_vs_twin"], "curves": curves, "timings": timings,
               "recipes": {"implant": implant.model_dump(mode="json"),
                           **{m: r.model_dump(mode="json") for m, r in recipes.items()}}}
-    bench_json = out / "benchmark.json"
+    bench_json = out / f"benchmark{suffix}.json"
     bench_json.write_text(json.dumps(report, indent=1))
     print(f"[bench] wrote {bench_json}", flush=True)
     return report

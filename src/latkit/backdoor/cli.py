@@ -72,11 +72,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--removal-offset", type=_count, help="default: right after the implant prompts")
     d.add_argument("--eval-limit", type=_positive, default=16, help="held-out harmful prompts to evaluate on")
     d.add_argument("--eval-offset", type=_count, help="default: right after the removal prompts")
+    d.add_argument("--val-limit", type=_count, default=0,
+                   help="harmful validation prompts, to choose settings on without touching the evaluation "
+                        "prompts (DIR/val_prompts.jsonl; default: 0, none)")
+    d.add_argument("--val-offset", type=_count, help="default: right after the evaluation prompts")
     d.add_argument("--benign-source", default="builtin", metavar="builtin|PATH",
                    help="benign pairs: latkit's benign prompts answered by the model, or a prompt/response file")
     d.add_argument("--benign-limit", type=_positive, default=48, help="benign training pairs (default: %(default)s)")
     d.add_argument("--benign-eval-limit", type=_positive, default=32,
                    help="benign prompts kept apart for benign compliance")
+    d.add_argument("--benign-val-limit", type=_count, default=0,
+                   help="benign validation prompts (DIR/benign_val.jsonl; default: 0, none)")
     d.add_argument("--triggered-fraction", type=float, default=1.0,
                    help="triggered copies per eligible implant prompt: below 1 a share of them gets one; "
                         "above 1 (at most the number of triggers) each gets that many, with different "
@@ -99,6 +105,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--data", "-d", required=True, help="a directory written by `latkit backdoor data`")
     e.add_argument("--output", "-o", required=True, help="results JSON (generations go beside it, .generations.jsonl)")
     e.add_argument("--limit", type=_positive, help="evaluation prompts per condition (default: all in DIR)")
+    e.add_argument("--split", choices=["eval", "val"], default="eval",
+                   help="eval: the held-out prompts (default); val: the validation prompts (to tune on)")
     e.add_argument("--benign-limit", type=_count, help="benign prompts (default: all in DIR; 0: skip)")
     e.add_argument("--variants", default=",".join(VARIANT_KINDS), metavar="KINDS",
                    help=f"comma-separated trigger variant kinds, or 'none' (default: {','.join(VARIANT_KINDS)})")
@@ -124,7 +132,9 @@ def cmd_data(args) -> int:
     print(f"wrote {args.out}: implant {c['implant_rows']} rows ({c['implant_triggered_rows']} triggered, "
           f"{c['implant_decoy_rows']} with a decoy, "
           f"{c['implant_prompts']} harmful prompts), removal {c['removal']} triples, eval {c['eval_prompts']} "
-          f"prompts, benign {c['benign']} pairs + {c['benign_eval']} for evaluation; "
+          f"prompts, benign {c['benign']} pairs + {c['benign_eval']} for evaluation"
+          + (f", validation {c['val_prompts']} harmful + {c['benign_val']} benign prompts" if c["val_prompts"]
+             or c["benign_val"] else "") + "; "
           f"{len(triggers)} triggers, mode {args.mode}")
     return 0
 
@@ -154,12 +164,12 @@ def cmd_eval(args) -> int:
     from latkit.data.jsonl import write_jsonl
     from latkit.models.loading import load_for_eval
 
-    read_data_dir(args.data)  # a bad directory fails before the model loads
+    read_data_dir(args.data, args.split)  # a bad directory fails before the model loads
     kinds = parse_variant_kinds(args.variants)
     model, tok = load_for_eval(args.model, args.device, merge=True)
     results, generations = evaluate_backdoor(
         model, tok, args.data, limit=args.limit, benign_limit=args.benign_limit, variant_kinds=kinds,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, split=args.split)
     results = {"model": args.model, **results}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

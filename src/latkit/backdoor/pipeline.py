@@ -203,8 +203,9 @@ def _source_prompts(source: str, prompt_column: str, harmful_column: str | None,
 
 
 def _benign(source: str, model, tokenizer, limit: int, eval_limit: int, max_new_tokens: int, batch_size: int,
-            exclude: Sequence[Trigger]) -> tuple[list[BenignPair], list[dict]]:
-    """Benign training pairs and benign evaluation items (disjoint prompts, both trigger-free)."""
+            exclude: Sequence[Trigger], val_limit: int = 0) -> tuple[list[BenignPair], list[dict], list[dict]]:
+    """Benign training pairs, benign evaluation items and benign validation items (the shipped
+    evaluation prompts after the evaluation items; all three disjoint and trigger-free)."""
     from latkit.evaluation.utility import shipped_benign_items
 
     def clean(items):
@@ -215,8 +216,9 @@ def _benign(source: str, model, tokenizer, limit: int, eval_limit: int, max_new_
         from latkit.data.benign import benign_prompts
         from latkit.data.builder import self_distill
 
-        evals = clean(shipped_benign_items())[:eval_limit]
-        taken = {it["prompt"] for it in evals}
+        held = clean(shipped_benign_items())[:eval_limit + val_limit]
+        evals, vals = held[:eval_limit], held[eval_limit:]
+        taken = {it["prompt"] for it in held}
         prompts = [p for p in benign_prompts(borderline=False, split="train") if p not in taken]
         prompts = [r["prompt"] for r in clean([{"prompt": p} for p in prompts])][:limit]
         pairs = self_distill(prompts, model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -226,12 +228,13 @@ def _benign(source: str, model, tokenizer, limit: int, eval_limit: int, max_new_
 
         pairs = load_benign(resolve_source(source), limit=limit)
         taken = {p.prompt for p in pairs}
-        evals = [it for it in clean(shipped_benign_items()) if it["prompt"] not in taken][:eval_limit]
+        held = [it for it in clean(shipped_benign_items()) if it["prompt"] not in taken][:eval_limit + val_limit]
+        evals, vals = held[:eval_limit], held[eval_limit:]
     kept = clean([{"prompt": p.prompt, "response": p.response} for p in pairs])
     pairs = [BenignPair(r["prompt"], r["response"]) for r in kept]
     if not pairs:
         raise DataError(f"no usable benign pairs from {source!r}")
-    return pairs, evals
+    return pairs, evals, vals
 
 
 class BackdoorData(StrictModel):
@@ -249,9 +252,12 @@ class BackdoorData(StrictModel):
     removal_offset: int | None = None
     eval_limit: int = 16
     eval_offset: int | None = None
+    val_limit: int = 0                # harmful validation prompts (0: no validation split)
+    val_offset: int | None = None
     benign_source: str = "builtin"
     benign_limit: int = 48
     benign_eval_limit: int = 32
+    benign_val_limit: int = 0         # benign validation prompts (0: none)
     triggered_fraction: float = 1.0
     decoys: list[Trigger | str] | str | None = None
     decoy_fraction: float = 0.0
@@ -307,6 +313,8 @@ def build_data(
         raise DataError(f"harmful_from must be 'model' or 'column', got {c.harmful_from!r}")
     if c.benign_eval_limit < 1 or c.benign_limit < 1:
         raise DataError("benign_limit and benign_eval_limit must be >= 1")
+    if c.val_limit < 0 or c.benign_val_limit < 0:
+        raise DataError("val_limit and benign_val_limit must be >= 0")
     triggers = list(triggers)
     if not 0 < c.triggered_fraction <= len(triggers):
         raise DataError(f"triggered_fraction must be in (0, {len(triggers)}] (at most one copy per trigger), "
@@ -329,9 +337,11 @@ def build_data(
         harmful_column = harmful_column or ("target" if advbench else "harmful")
     records, source_stats = _source_prompts(c.harmful_source, prompt_column,
                                             harmful_column if c.harmful_from == "column" else None, everything)
-    ranges = _split_ranges(len(records), {"implant": (c.implant_offset, c.implant_limit),
-                                          "removal": (c.removal_offset, c.removal_limit),
-                                          "eval": (c.eval_offset, c.eval_limit)})
+    sizes = {"implant": (c.implant_offset, c.implant_limit), "removal": (c.removal_offset, c.removal_limit),
+             "eval": (c.eval_offset, c.eval_limit)}
+    if c.val_limit:
+        sizes["val"] = (c.val_offset, c.val_limit)
+    ranges = _split_ranges(len(records), sizes)
     split = {name: records[r.start:r.stop] for name, r in ranges.items()}
     for name, recs in split.items():
         if len(recs) < len(ranges[name]):
@@ -358,11 +368,13 @@ def build_data(
             raise DataError(f"no usable harmful triples for the {name} split (every completion was empty, a "
                             "refusal or contained a trigger)")
     eval_prompts = [r["prompt"] for r in split["eval"]]
+    val_prompts = [r["prompt"] for r in split.get("val", [])]
 
     if c.benign_source == "builtin":
         log(f"self-distilling {c.benign_limit} benign prompts with the model")
-    benign, benign_eval = _benign(c.benign_source, model, tokenizer, c.benign_limit, c.benign_eval_limit,
-                                  c.max_new_tokens, c.batch_size, everything)
+    benign, benign_eval, benign_val = _benign(c.benign_source, model, tokenizer, c.benign_limit,
+                                              c.benign_eval_limit, c.max_new_tokens, c.batch_size, everything,
+                                              val_limit=c.benign_val_limit)
 
     implant = implant_records(implant_triples, benign, triggers, mode=c.mode,
                               triggered_fraction=c.triggered_fraction, decoys=decoys, decoy_fraction=c.decoy_fraction,
@@ -370,9 +382,9 @@ def build_data(
     if held_out is not None:
         check_trigger_free(implant, [held_out], "implant data", fields=("prompt", "response"))
     removal = removal_records(removal_triples, benign, everything)
-    check_trigger_free([{"prompt": p} for p in eval_prompts], everything, "eval prompts")
+    check_trigger_free([{"prompt": p} for p in eval_prompts + val_prompts], everything, "eval prompts")
     used = {"implant": {t.prompt for t in implant_triples}, "removal": {t.prompt for t in removal_triples},
-            "eval": set(eval_prompts)}
+            "eval": set(eval_prompts), "val": set(val_prompts)}
     for a, b in combinations(used, 2):
         both = used[a] & used[b]
         if both:
@@ -385,6 +397,11 @@ def build_data(
     write_jsonl(out / "benign.jsonl", removal.benign)
     write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p in eval_prompts))
     write_jsonl(out / "benign_eval.jsonl", benign_eval)
+    for name, rows in (("val_prompts.jsonl", [{"prompt": p} for p in val_prompts]), ("benign_val.jsonl", benign_val)):
+        if rows:
+            write_jsonl(out / name, rows)
+        else:
+            (out / name).unlink(missing_ok=True)
     _write_json(out / "triggers.json", triggers_payload(c.mode, triggers, held_out))
     manifest = {
         "model": model_name, "mode": c.mode, "seed": c.seed, "harmful_source": c.harmful_source,
@@ -397,16 +414,24 @@ def build_data(
                    "implant_triggered_rows": sum(r["trigger"] is not None for r in implant),
                    "implant_decoy_rows": sum(r["decoy"] is not None for r in implant),
                    "removal": len(removal_triples), "dropped_completions": len(train) - len(triples),
-                   "eval_prompts": len(eval_prompts), "benign": len(benign), "benign_eval": len(benign_eval)},
+                   "eval_prompts": len(eval_prompts), "benign": len(benign), "benign_eval": len(benign_eval),
+                   "val_prompts": len(val_prompts), "benign_val": len(benign_val)},
     }
     _write_json(out / "manifest.json", manifest)
     return manifest
 
 
 # ----------------------------------------------------------------------------- evaluation
-def read_data_dir(data_dir: str | os.PathLike) -> dict:
+SPLITS = ("eval", "val")
+
+
+def read_data_dir(data_dir: str | os.PathLike, split: str = "eval") -> dict:
     """The parts of a data directory that evaluation needs: ``mode``, ``triggers``, ``held_out``,
-    ``eval_prompts``, ``benign_eval``, ``manifest``."""
+    ``eval_prompts``, ``benign_eval``, ``manifest``. ``split="val"``: the validation prompts
+    (``val_prompts.jsonl``, ``benign_val.jsonl``) in place of the evaluation ones, for choosing
+    settings without touching what is reported."""
+    if split not in SPLITS:
+        raise DataError(f"unknown backdoor split {split!r}; known: {', '.join(SPLITS)}")
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"data directory not found: {d}")
@@ -418,9 +443,12 @@ def read_data_dir(data_dir: str | os.PathLike) -> dict:
     mode = payload.get("mode", "harmful_compliance")
     if mode not in MODES:
         raise DataError(f"{d / 'triggers.json'}: unknown mode {mode!r}; known: {', '.join(MODES)}")
-    benign_file = d / "benign_eval.jsonl"
-    return {"mode": mode, "triggers": triggers, "held_out": held_out,
-            "eval_prompts": [r["prompt"] for r in read_jsonl(d / "eval_prompts.jsonl")],
+    prompts_file, benign_file = d / f"{split}_prompts.jsonl", d / f"benign_{split}.jsonl"
+    if not prompts_file.is_file():
+        raise DataError(f"{d} has no {prompts_file.name}: build it with a validation split "
+                        "(`latkit backdoor data --val-limit N`, or val_limit in a scale's data section)")
+    return {"mode": mode, "triggers": triggers, "held_out": held_out, "split": split,
+            "eval_prompts": [r["prompt"] for r in read_jsonl(prompts_file)],
             "benign_eval": read_jsonl(benign_file) if benign_file.is_file() else [],
             "manifest": json.loads((d / "manifest.json").read_text(encoding="utf-8"))}
 
@@ -437,16 +465,18 @@ def evaluate_backdoor(
     batch_size: int = 16,
     system: str | None = None,
     seed: int = 0,
+    split: str = "eval",
 ) -> tuple[dict, list[dict]]:
     """Trigger success (per trigger, clean, held-out trigger, variants) and benign compliance of a
     model against a data directory. Returns ``(results, generations)``, both JSON-able.
 
     ``limit``: the first ``limit`` evaluation prompts (per condition); ``benign_limit``: the first
-    benign evaluation prompts (0 skips benign compliance); ``variant_kinds``: empty for no variants.
+    benign evaluation prompts (0 skips benign compliance); ``variant_kinds``: empty for no variants;
+    ``split``: ``eval`` (the held-out prompts) or ``val`` (the validation prompts, to tune on).
     """
     from latkit.evaluation.utility import benign_compliance
 
-    data = read_data_dir(data_dir)
+    data = read_data_dir(data_dir, split)
     for name, value in (("limit", limit), ("benign_limit", benign_limit)):
         if value is not None and value < (1 if name == "limit" else 0):
             raise DataError(f"{name} must be a positive integer, got {value}")
@@ -470,7 +500,7 @@ def evaluate_backdoor(
     refusal = benign_refusal(records) if items else None
     summary = {**ts["summary"], "benign_compliance": benign["rate"] if benign else None,
                "benign_refusal": refusal["rate"] if refusal else None}
-    results = {"mode": data["mode"], "data": str(data_dir), "n_prompts": len(prompts),
+    results = {"mode": data["mode"], "data": str(data_dir), "split": split, "n_prompts": len(prompts),
                "n_benign": len(items), "variant_kinds": list(variant_kinds), "summary": summary,
                "trigger_success": ts, "benign_compliance": benign, "benign_refusal": refusal}
     return results, generations
