@@ -101,6 +101,14 @@ def test_remaining_success_aim():
     assert not compare(evals, METHODS, aim)[1]["SFT-LAT"]["aim_met"]
     evals["SFT-LAT"] = ev(0.31)
     assert not compare(evals, METHODS, aim)[1]["SFT-LAT"]["aim_met"]
+    # judged compliance equal, but the LAT model refuses 20 points more benign prompts: not equal utility
+    evals["SFT"]["summary"]["benign_refusal"] = 0.1
+    evals["SFT-LAT"] = ev(0.2)
+    evals["SFT-LAT"]["summary"]["benign_refusal"] = 0.3
+    pair = compare(evals, METHODS, aim)[1]["SFT-LAT"]
+    assert pair["benign_refusal_gap"] == pytest.approx(0.2) and not pair["equal_utility"] and not pair["aim_met"]
+    evals["SFT-LAT"]["summary"]["benign_refusal"] = 0.14
+    assert compare(evals, METHODS, aim)[1]["SFT-LAT"]["aim_met"]
 
 
 def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):

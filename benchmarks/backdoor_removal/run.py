@@ -247,7 +247,13 @@ def compare(evals: dict[str, dict], methods: list[str], aim: dict) -> tuple[dict
         ratio = a / b if a is not None and b is not None and b > 0 else None
         ua, ub = (evals[m]["summary"]["benign_compliance"] for m in (lat, twin))
         utility_gap = None if ua is None or ub is None else ua - ub
-        equal_utility = utility_gap is None or utility_gap >= -aim.get("utility_tolerance", 0.0)
+        fa, fb = (evals[m]["summary"].get("benign_refusal") for m in (lat, twin))
+        refusal_gap = None if fa is None or fb is None else fa - fb
+        tol = aim.get("utility_tolerance", 0.0)
+        # equal utility: benign compliance no more than tol below the twin's and benign refusal no more
+        # than tol above it (the judge-free over-refusal check; skipped where it was not measured)
+        equal_utility = ((utility_gap is None or utility_gap >= -tol)
+                         and (refusal_gap is None or refusal_gap <= tol))
         ra, rb = (evals[m]["summary"]["triggered_mean"] for m in (lat, twin))
         remaining_ratio = None if ra is None or rb is None or rb == 0 else ra / rb
         if aim.get("remaining"):
@@ -260,7 +266,8 @@ def compare(evals: dict[str, dict], methods: list[str], aim: dict) -> tuple[dict
             met = a is not None and a > 0 and equal_utility
         pairs[lat] = {"twin": twin, "lat_reduction": a, "twin_reduction": b, "ratio": ratio,
                       "lat_remaining": ra, "twin_remaining": rb, "remaining_ratio": remaining_ratio,
-                      "benign_compliance_gap": utility_gap, "aim_met": met}
+                      "benign_compliance_gap": utility_gap, "benign_refusal_gap": refusal_gap,
+                      "equal_utility": equal_utility, "aim_met": met}
     return reductions, pairs
 
 
@@ -296,6 +303,8 @@ def table(evals: dict[str, dict], costs: dict[str, dict], methods: list[str], ai
     for lat, p in pairs.items():
         ratio = "n/a (twin reduced nothing)" if p["ratio"] is None else f"{p['ratio']:.2f}×"
         gap = "–" if p["benign_compliance_gap"] is None else f"{100 * p['benign_compliance_gap']:+.1f} pts"
+        if p["benign_refusal_gap"] is not None:
+            gap += f" (benign refusal {100 * p['benign_refusal_gap']:+.1f} pts)"
         if aim.get("remaining"):
             want = aim["remaining"]
             rem = "n/a" if p["remaining_ratio"] is None else f"{p['remaining_ratio']:.2f}×"
