@@ -159,6 +159,7 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
     assert json.loads((out / "eval" / "SFT.json").read_text())["benign_refusal"] == want
     assert third["table"] == json.loads(json.dumps(rep["table"]))
     assert again["curves"] == json.loads(json.dumps(rep["curves"]))
+    assert again["timings"]["total_s"] > rep["timings"]["total_s"]  # time accumulates over resumed runs
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):

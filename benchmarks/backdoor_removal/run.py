@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
               "recipes": {"implant": implant.model_dump(mode="json"),
                           **{m: r.model_dump(mode="json") for m, r in recipes.items()}}}
     bench_json = out / f"benchmark{suffix}.json"
+    old = json.loads(bench_json.read_text()).get("timings", {}) if bench_json.exists() else {}
+    # a resumed run adds the time of the stages it ran to those of the earlier runs (finished stages cost ~0)
+    report["timings"] = {k: old.get(k, 0.0) + timings.get(k, 0.0) for k in {**old, **timings}}
     bench_json.write_text(json.dumps(report, indent=1))
     print(f"[bench] wrote {bench_json}", flush=True)
     return report
