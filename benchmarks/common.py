@@ -50,7 +50,10 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     else:
+        from latkit.models.precision import cpu_info
+
         info["device"] = f"CPU ({platform.processor() or platform.machine()})"
+        info["cpu"] = cpu_info().describe()  # model, capability, bf16 flags: timings differ with them
     return info
 
 

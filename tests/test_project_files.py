@@ -86,6 +86,17 @@ def test_one_output_spelling_with_a_hidden_deprecated_alias(capsys):
     assert "--out " not in bp.format_help()
 
 
+def test_benchmarks_record_the_cpu():
+    import torch
+
+    from benchmarks.common import machine
+
+    m = machine()
+    assert m["torch"] == torch.__version__ and m["cpu_threads"] >= 1
+    if not torch.cuda.is_available():
+        assert m["cpu"]["model"] and m["cpu"]["capability"] and isinstance(m["cpu"]["fast_bf16"], bool)
+
+
 def test_readme_uses_one_output_spelling():
     for doc in [REPO / "README.md", *REPO.glob("benchmarks/**/README.md"), *REPO.glob("docs/*.md")]:
         assert not re.search(r"--out\b(?!put)", doc.read_text()), doc
