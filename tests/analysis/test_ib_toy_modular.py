@@ -48,7 +48,7 @@ def test_modular_addition_reproduction_small_p():
     # at k=4 (the steep part of both curves) neither basis is reliably ahead: the fp32 training trajectory
     # differs between CPUs, and on a 2-core AMD EPYC (AVX-512) this run gave IB 0.498 vs PCA 0.539 (seed 0)
     # and 0.521 vs 0.514 (seed 1); on the Intel Xeon (AMX) of earlier sessions it kept within the old 0.03
-    # margin. So only "not far worse"; the reported claim is k=8 (IB clearly ahead on both CPUs and seeds).
+    # margin. So only "not far worse"; the reported claim is k=8 (IB ahead in every run measured).
     assert ib[4] >= pca[4] - 0.06
     # top directions are dominated by single Fourier frequencies, more so than PCA's
     four = mid["fourier"]
