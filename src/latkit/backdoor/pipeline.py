@@ -491,13 +491,13 @@ def evaluate_backdoor(
                          max_new_tokens=max_new_tokens, batch_size=batch_size, system=system, seed=seed,
                          return_generations=True)
     generations = [{"part": "trigger_success", **g} for g in ts.pop("generations")]
-    benign = None
+    benign = refusal = None
     items = data["benign_eval"][:benign_limit]
     if items:
         benign, records = benign_compliance(model, tokenizer, items, max_new_tokens=max_new_tokens,
                                             batch_size=batch_size, system=system)
+        refusal = benign_refusal(records)
         generations += [{"part": "benign_compliance", **r} for r in records]
-    refusal = benign_refusal(records) if items else None
     summary = {**ts["summary"], "benign_compliance": benign["rate"] if benign else None,
                "benign_refusal": refusal["rate"] if refusal else None}
     results = {"mode": data["mode"], "data": str(data_dir), "split": split, "n_prompts": len(prompts),
