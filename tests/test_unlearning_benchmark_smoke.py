@@ -21,7 +21,7 @@ def _recipes(scale):
     return {m: method_recipe(scale, m, Path("data"), Path("model")).model_dump() for m in scale.methods}
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu"])
+@pytest.mark.parametrize("name", ["tiny", "cpu", "relearn-cpu"])
 def test_every_scale_validates_and_methods_differ_only_in_method_and_adversary(name):
     scale = load_scale(name)
     assert list(scale.methods) == METHODS and twins(METHODS) == {"GA-LAT": "GA", "RMU-LAT": "RMU"}
@@ -44,7 +44,22 @@ def test_every_scale_validates_and_methods_differ_only_in_method_and_adversary(n
     assert recipes["GA"]["unlearn"]["method"] == "ga" and recipes["RMU"]["unlearn"]["method"] == "rmu"
     layer = recipes["RMU-LAT"]["unlearn"]["rmu"]["layer"]
     assert all(s == "embed" or int(s.split(".")[1]) < layer for s in recipes["RMU-LAT"]["adversary"]["sites"])
-    assert scale.relearn.steps == ((0, 5, 10, 25, 50) if name == "cpu" else (0, 1, 2))
+    assert scale.relearn.steps == {"cpu": (0, 5, 10, 25, 50), "relearn-cpu": (0, 10, 25, 50, 100)}.get(name, (0, 1, 2))
+
+
+def test_relearn_cpu_scale_is_the_cpu_scale_with_a_stronger_attack_and_more_questions():
+    """relearn-cpu changes the facts, the implant length and the attacks, never a method (what it claims)."""
+    cpu, big = load_scale("cpu"), load_scale("relearn-cpu")
+    a, b = _recipes(cpu), _recipes(big)
+    for m in METHODS:
+        a[m].pop("name"), b[m].pop("name")
+        assert a[m] == b[m], m
+    assert big.relearn.learning_rate > cpu.relearn.learning_rate and max(big.relearn.steps) > max(cpu.relearn.steps)
+    from latkit.unlearning.facts import fictional_facts, split_forget_retain
+    split = split_forget_retain(fictional_facts(big.facts.n_per_topic, big.facts.seed, big.facts.topics),
+                                big.facts.forget_topic, big.facts.relearn_fraction, big.facts.seed)
+    assert len(split.forget_eval) == 51 and len(split.relearn) == 13
+    assert 100 / len(split.forget_eval) <= 2.0  # the issue: one held-out question is at most 2 points
 
 
 def _effective(recipe) -> dict:
