@@ -74,3 +74,29 @@ def test_site_presets_scale_to_depth_without_duplicates():
     assert site_preset("jailbreak", 4) == ["embed", "layer.1", "layer.2", "layer.3"]  # 30/32·4 and 24/32·4 coincide
     assert site_preset("mid", 30) == ["layer.8"]
     assert site_preset("embed, layer.2", 4) == ["embed", "layer.2"]
+
+
+def test_flop_counter_counts_gqa_attention_per_query_head_on_every_fused_kernel():
+    """torch's own SDPA formulas assert equal head counts; a GQA kernel call (fewer key/value heads) broke the
+    tiny-shape run on an H200. Every fused kernel gets the per-query-head count, CPU's measured here."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.step_throughput.core import flop_counter
+
+    q = torch.randn(2, 4, 8, 16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 8, 16, requires_grad=True) for _ in range(2))
+    fc = flop_counter()
+    with fc:
+        F.scaled_dot_product_attention(q, k, v, enable_gqa=True).sum().backward()
+    per_pass = 2 * (2 * 2 * 4 * 8 * 8 * 16)  # QK^T and AV, 4 query heads
+    assert fc.get_total_flops() == 3 * per_pass  # forward + backward (2x)
+    aten = torch.ops.aten
+    fused = [getattr(aten, n) for n in ("_scaled_dot_product_efficient_attention",
+                                        "_scaled_dot_product_flash_attention",
+                                        "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)]
+    assert fused, "no fused SDPA kernel in this torch"
+    default = FlopCounterMode(display=False).flop_registry
+    for op in fused:  # ours replaces torch's formula, and counts GQA shapes instead of asserting
+        assert fc.flop_registry[op] is not default.get(op)
+        assert fc.flop_registry[op]((2, 4, 8, 16), (2, 2, 8, 16), (2, 2, 8, 16)) == per_pass

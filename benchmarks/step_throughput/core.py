@@ -340,10 +340,14 @@ def flop_counter():
     def bwd(grad_out, query, key, value, *args, out_shape=None, **kw):
         return 2 * _attn(query, key, value)
 
+    # every fused SDPA kernel: torch's own formulas (2.11) assert equal query and key/value head counts,
+    # which fails on a GQA model whose kernel takes the fewer key/value heads (seen on an H200, tiny shape)
     custom = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        custom[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
-        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
+    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"):
+        if hasattr(aten, name) and hasattr(aten, name + "_backward"):
+            custom[getattr(aten, name)] = fwd
+            custom[getattr(aten, name + "_backward")] = bwd
     return FlopCounterMode(display=False, custom_mapping=custom)
 
 
