@@ -104,7 +104,7 @@ def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
         assert un["texts"] == "retain" and un["n_texts"] == 3 and un["steps"] == [0, 1, 2]
         assert un["accuracy"][0] == r["forget_eval"]
         removed = rows["implanted"]["forget_eval"] - r["forget_eval"]
-        if removed > 0:
+        if removed >= 0.05:
             assert r["recovered_share"] == pytest.approx((r["relearn"][2] - r["forget_eval"]) / removed)
         else:
             assert r["recovered_share"] is None
@@ -177,6 +177,7 @@ def test_recovered_share():
     assert recovered_share(0.25, 0.20, 0.65) == pytest.approx(-0.125)
     assert recovered_share(0.60, 0.70, 0.60) is None  # unlearning removed nothing: no share to speak of
     assert recovered_share(None, 0.7, 0.6) is None
+    assert recovered_share(0.73, 0.61, 0.76) is None  # 3 points removed: a share of them (-400%) is noise
 
 
 def test_steps_to_recover_half():

@@ -264,10 +264,16 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.0f}"
 
 
+# below this much removed accuracy (5 points: 2-3 questions of 51) a share of it is noise (3 removed points and a
+# 12-point swing read as "-400%"), so there is no share to speak of
+MIN_REMOVED = 0.05
+
+
 def recovered_share(before: float | None, after: float | None, implanted: float | None) -> float | None:
     """The share of what unlearning removed (implanted − before) that relearning brought back
-    (after − before); None when unlearning removed nothing (or a number is missing)."""
-    if before is None or after is None or implanted is None or implanted - before <= 0:
+    (after − before); None when unlearning removed (almost) nothing — less than ``MIN_REMOVED`` — or a
+    number is missing."""
+    if before is None or after is None or implanted is None or implanted - before < MIN_REMOVED:
         return None
     return (after - before) / (implanted - before)
 
@@ -276,8 +282,8 @@ def steps_to_recover(steps: list[int], accuracy: list[float], implanted: float |
                      share: float = 0.5) -> float | None:
     """Attack steps until the curve has brought back ``share`` of what unlearning removed (implanted −
     accuracy at step 0), linearly interpolated between the measured steps; ``inf`` when it never gets
-    there within the curve, None when unlearning removed nothing (or a number is missing)."""
-    if implanted is None or not accuracy or accuracy[0] is None or implanted - accuracy[0] <= 0:
+    there within the curve, None when unlearning removed less than ``MIN_REMOVED`` (or a number is missing)."""
+    if implanted is None or not accuracy or accuracy[0] is None or implanted - accuracy[0] < MIN_REMOVED:
         return None
     target = accuracy[0] + share * (implanted - accuracy[0])
     for (s0, a0), (s1, a1) in zip(zip(steps, accuracy), zip(steps[1:], accuracy[1:])):
@@ -363,7 +369,7 @@ def table(rows: list[dict], steps: list[int], reference: str | None) -> str:
                   "after the last relearning step (lower = more thoroughly unlearned). FB-equiv = forward+backward "
                   "token-equivalents through the decoder (latkit.train.compute). recovered: the share (%) of the "
                   "forget_eval accuracy unlearning removed (implanted − @0) that the attack brings back by its last "
-                  "step (– where unlearning removed nothing). steps to ½: attack steps until half of it is back "
+                  "step (– where unlearning removed < 5 points). steps to ½: attack steps until half of it is back "
                   "(linear between the measured steps)."]
     if has_ppl:
         lines.append("ppl: perplexity on latkit's benign prompts (eval split, raw text; no stage trains on them), "
