@@ -222,10 +222,10 @@ def _fluency(model, tok, f: FluencySettings) -> dict:
 
 
 def _write_json(path: Path, rec: dict) -> None:
+    from latkit.train.checkpoint import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(rec, indent=1))
 
 
 def evaluate_row(scale: Scale, source: str, data_dir: Path, result: Path, *, relearn: bool, device: str) -> dict:
