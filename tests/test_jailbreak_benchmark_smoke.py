@@ -30,11 +30,18 @@ def test_every_scale_validates(scale):
     assert recipes["untargeted-LAT"].adversary.objective.kind == "untargeted"
 
 
-def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch):
+def test_tiny_scale_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the tiny scale reads tests/fixtures
     out = tmp_path / "bench"
     rep = main(["--scale", "tiny", "--out", str(out), "--no-progress", "--final"])
     methods = ["RT", "RT-EAT", "RT-EAT-LAT", "untargeted-LAT", "RLP", "R2D2"]
+    # the data is generated once and every run trains on that copy (stamped, so no run rebuilds it)
+    log = capsys.readouterr().out
+    assert "built from a different data section" not in log
+    shared = (out / "data" / "fingerprint").read_text()
+    for m in methods:
+        assert (out / "runs" / m / "data" / "fingerprint").read_text() == shared
+        assert (out / "runs" / m / "data" / "harmful.jsonl").read_text() == (out / "data" / "harmful.jsonl").read_text()
     assert rep["methods"] == methods
     rows = {r["method"]: r for r in rep["table_val"]}
     assert list(rows) == ["base", *methods]

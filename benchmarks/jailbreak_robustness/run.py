@@ -58,9 +58,26 @@ def method_recipe(scale: dict, method: str, extra: list[str] | None = None):
 
 
 def prepare_shared_data(recipe, data_dir: Path, log=print) -> None:
-    """Generate the harmful/benign data once (with the base model) for every method."""
-    if (data_dir / "harmful.jsonl").exists() and (recipe.data.benign is None or (data_dir / "benign.jsonl").exists()):
+    """Generate the harmful/benign data once (with the base model) for every method.
+
+    The cache is stamped with the recipe's data fingerprint, as a training run stamps its own: a run
+    seeded with it (:func:`train_method`) then reuses it instead of regenerating it, and a cache built
+    from another data section is rebuilt here."""
+    from latkit.train.checkpoint import atomic_write_text
+    from latkit.train.recipe import data_fingerprint
+
+    want = data_fingerprint(recipe)
+    stamp = data_dir / "fingerprint"
+    have = stamp.read_text().strip() if stamp.exists() else None
+    complete = (data_dir / "harmful.jsonl").exists() and (recipe.data.benign is None or (data_dir / "benign.jsonl").exists())
+    if complete and have in (want, None):  # None: a cache from before the stamp, with this scale's data
+        if have is None:
+            atomic_write_text(stamp, want + "\n")
         return
+    if have is not None and have != want:
+        log(f"[bench] the shared data in {data_dir} was built from a different data section: rebuilding it")
+        for f in data_dir.glob("*.jsonl"):
+            f.unlink()
     from latkit.models.loading import load_model_and_tokenizer
     from latkit.train.data import prepare_data
 
@@ -69,6 +86,7 @@ def prepare_shared_data(recipe, data_dir: Path, log=print) -> None:
                                           trust_remote_code=recipe.model.trust_remote_code,
                                           chat_template=recipe.model.chat_template)
     prepare_data(recipe, model, tok, data_dir, log=log)
+    atomic_write_text(stamp, want + "\n")
 
 
 def train_method(scale: dict, method: str, out: Path, extra: list[str], progress: bool) -> dict:
@@ -82,8 +100,9 @@ def train_method(scale: dict, method: str, out: Path, extra: list[str], progress
         resume = (run_dir / "recipe.yaml").exists()
         if not resume:
             (run_dir / "data").mkdir(parents=True, exist_ok=True)
-            for f in (out / "data").glob("*.jsonl"):
-                shutil.copy(f, run_dir / "data" / f.name)
+            for f in [*(out / "data").glob("*.jsonl"), out / "data" / "fingerprint"]:
+                if f.exists():
+                    shutil.copy(f, run_dir / "data" / f.name)
         print(f"[bench] training {method} -> {run_dir}{' (resuming)' if resume else ''}", flush=True)
         Trainer(recipe, run_dir, resume=resume, progress=progress).train()
     cost = run_cost(read_metrics(run_dir))
@@ -169,7 +188,8 @@ def table(results: dict, costs: dict[str, dict], labels: dict[str, str]) -> tupl
         records.append(rec)
     ns = sorted({r["n"] for r in results["results"]})
     lines.append("")
-    lines.append(f"ASR in % (refusal-prefix judge), n per cell between {ns[0]} and {ns[-1]} behaviours; "
+    judge = next((r.get("judge") for r in results["results"] if r.get("judge")), "?")
+    lines.append(f"ASR in % ({judge} judge), n per cell between {ns[0]} and {ns[-1]} behaviours; "
                  "FB-equiv = forward+backward token-equivalents through the decoder (latkit.train.compute).")
     return "\n".join(lines), records
 
