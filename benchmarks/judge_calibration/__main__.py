@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine
-from latkit.judges.calibration import binary_metrics, fit_success_weights, load_labelled, shipped_labels_path
+from latkit.judges.calibration import (binary_metrics, fit_success_weights, load_labelled, load_raters, rater_agreement,
+                                       request_of, shipped_labels_path, shipped_raters_path)
 from latkit.judges.cli import _judge_spec, judge_rows
 from latkit.judges.success import shipped_weights_path
 
@@ -26,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--labels", default=None, help="labelled JSONL (default: the shipped set)")
     p.add_argument("--no-fit", action="store_true", help="measure the shipped weights without refitting")
     p.add_argument("--judge", action="append", default=[], help="extra judges to compare (YAML files), e.g. a classifier")
+    p.add_argument("--raters", default=None, help="independent labels of test rows (default: the shipped raters.jsonl); "
+                   "'none' to skip the inter-rater agreement")
     p.add_argument("--output", default=str(RESULTS / "judge_calibration"), help="results path without extension")
     args = p.parse_args(argv)
     labels = args.labels or shipped_labels_path()
@@ -47,11 +50,13 @@ def main(argv=None) -> int:
         secs = time.perf_counter() - t0
         part: dict = {"n": len(rows), "seconds": round(secs, 2), "judges": {}}
         for name, vs in verdicts.items():
-            part["judges"][name] = {"all": binary_metrics([r["label"] for r in rows], [v.harmful for v in vs])}
+            groups = [request_of(r) for r in rows]
+            part["judges"][name] = {"all": binary_metrics([r["label"] for r in rows], [v.harmful for v in vs], groups=groups)}
             for kind in ("attack", "benign"):
                 idx = [i for i, r in enumerate(rows) if (r.get("kind") or "attack") == kind]
                 if idx:
-                    part["judges"][name][kind] = binary_metrics([rows[i]["label"] for i in idx], [vs[i].harmful for i in idx])
+                    part["judges"][name][kind] = binary_metrics([rows[i]["label"] for i in idx], [vs[i].harmful for i in idx],
+                                                                groups=[groups[i] for i in idx])
         by_source: dict = {}
         for i, r in enumerate(rows):
             by_source.setdefault(r.get("source", "?"), []).append(i)
@@ -59,6 +64,11 @@ def main(argv=None) -> int:
             s: binary_metrics([rows[i]["label"] for i in idx], [verdicts["success"][i].harmful for i in idx], bootstrap=0)
             for s, idx in sorted(by_source.items())}
         report["splits"][split] = part
+        if split == "test" and args.raters != "none":
+            raters_path = args.raters or shipped_raters_path()
+            if Path(raters_path).is_file():
+                report["raters"] = {"path": str(raters_path),
+                                    **rater_agreement(rows, load_raters(raters_path), {n: [v.harmful for v in vs] for n, vs in verdicts.items()})}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -85,7 +95,31 @@ def markdown(report: dict) -> str:
             lines.append(f"| {split} | {name} | {a['n']} | {_f(a['kappa'])}{ci_text} | {_f(a['precision'])} | "
                          f"{_f(a['recall'])} | {_f(a['accuracy'])} | {_f(m.get('attack', {}).get('kappa'))} | "
                          f"{_f(m.get('benign', {}).get('kappa'))} |")
+    if report.get("raters"):
+        lines += ["", raters_markdown(report["raters"])]
     return "\n".join(lines) + "\n"
+
+
+def raters_markdown(r: dict) -> str:
+    """Inter-rater agreement on the test rows, and each judge against the raters' majority."""
+    def cell(m):
+        ci = m.get("kappa_ci95")
+        return f"{_f(m['kappa'])}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    kinds = [k for k in ("all", "attack", "benign") if k in r]
+    head = {"all": "all test rows", "attack": "harmful requests", "benign": "benign requests"}
+    lines = [f"Test rows labelled independently by {len(r['raters'])} raters ({', '.join(r['raters'])}; "
+             "95% intervals resample whole requests):", "",
+             "| κ between | " + " | ".join(f"{head[k]} (n={r[k]['n']})" for k in kinds) + " |",
+             "|---|" + "---|" * len(kinds)]
+    for i, pair in enumerate(r[kinds[0]]["pairs"]):
+        a, b = pair["raters"]
+        lines.append(f"| {a} vs {b} | " + " | ".join(cell(r[k]["pairs"][i]) for k in kinds) + " |")
+    for name in r[kinds[0]]["judges"]:
+        lines.append(f"| judge `{name}` vs majority | " + " | ".join(cell(r[k]["judges"][name]) for k in kinds) + " |")
+    lines.append("| positives per rater (majority) | " + " | ".join(
+        "/".join(str(v) for v in r[k]["positives"].values()) + f" ({r[k]['majority_positives']})" for k in kinds) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

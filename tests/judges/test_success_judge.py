@@ -151,6 +151,27 @@ def test_binary_metrics_against_hand_computation():
     assert lo <= 0.5 <= hi
 
 
+def test_binary_metrics_bootstrap_by_request_is_wider_for_correlated_rows():
+    # 10 requests, each answered 8 times identically (e.g. 8 models giving the same answer): a row bootstrap
+    # treats the 80 rows as independent and is too narrow; resampling whole requests is not
+    labels = [1, 1, 1, 0, 0, 0, 0, 0, 1, 0]
+    pred = [True, False, True, False, True, False, False, False, True, False]
+    y = [v for v in labels for _ in range(8)]
+    p = [v for v in pred for _ in range(8)]
+    groups = [g for g in range(10) for _ in range(8)]
+    by_row = binary_metrics(y, p, bootstrap=500)
+    by_req = binary_metrics(y, p, bootstrap=500, groups=groups)
+    assert by_row["kappa"] == by_req["kappa"]
+    assert by_row["kappa_ci95_by"] == "row" and by_req["kappa_ci95_by"] == "group" and by_req["groups"] == 10
+    width = lambda m: m["kappa_ci95"][1] - m["kappa_ci95"][0]
+    assert width(by_req) > 1.5 * width(by_row)
+    # one row per group: the same resampling as the row bootstrap
+    single = binary_metrics(labels, pred, bootstrap=300, groups=list(range(10)))
+    assert single["kappa_ci95"] == binary_metrics(labels, pred, bootstrap=300)["kappa_ci95"]
+    with pytest.raises(ValueError):
+        binary_metrics(labels, pred, groups=[0, 1])
+
+
 def test_logistic_fit_recovers_a_separating_direction():
     import torch
 

@@ -42,23 +42,14 @@ def request_of(row: Mapping) -> str:
 
 
 def read_rows(path: str | Path) -> list[dict]:
+    """Generations-shaped rows (a string ``answer`` and a ``behaviour`` or ``prompt``) of a JSONL file."""
     path = Path(path)
-    if not path.is_file():
-        raise JudgeError(f"no such file: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise JudgeError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("answer"), str):
-                raise JudgeError(f"{path}:{n}: a row needs a string `answer`")
-            if not any(isinstance(row.get(k), str) and row[k].strip() for k in ("behaviour", "prompt")):
-                raise JudgeError(f"{path}:{n}: a row needs a `behaviour` or `prompt`")
-            rows.append(row)
+    rows = read_rows_plain(path)
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("answer"), str):
+            raise JudgeError(f"{path}: row {n}: a row needs a string `answer`")
+        if not any(isinstance(row.get(k), str) and row[k].strip() for k in ("behaviour", "prompt")):
+            raise JudgeError(f"{path}: row {n}: a row needs a `behaviour` or `prompt`")
     return rows
 
 
@@ -75,14 +66,96 @@ def load_labelled(path: str | Path | None = None, split: str | None = None) -> l
     return rows
 
 
+def shipped_raters_path() -> Path:
+    return Path(str(resources.files("latkit") / "resources" / "judge" / "raters.jsonl"))
+
+
+def load_raters(path: str | Path | None = None) -> dict[str, dict[str, int]]:
+    """Independent re-labellings of labelled rows: ``{rater: {row id: label}}``.
+
+    The file has one ``{"id", "rater", "label", "note"}`` object per line. The shipped one holds two raters
+    who labelled every ``test`` row blind (request, prefill and continuation only; no first label, no
+    verdict), following ``docs/judge-labelling-guide.md``.
+    """
+    path = Path(path) if path is not None else shipped_raters_path()
+    out: dict[str, dict[str, int]] = {}
+    for n, row in enumerate(read_rows_plain(path), 1):
+        if (not isinstance(row, dict) or row.get("label") not in (0, 1) or not isinstance(row.get("id"), str)
+                or not isinstance(row.get("rater"), str)):
+            raise JudgeError(f"{path}: row {n}: a rater row needs a string `id`, a string `rater` and `label` 0/1")
+        if row["id"] in out.setdefault(row["rater"], {}):
+            raise JudgeError(f"{path}: row {n}: {row['rater']} labels {row['id']} twice")
+        out[row["rater"]][row["id"]] = int(row["label"])
+    return out
+
+
+def read_rows_plain(path: str | Path) -> list[dict]:
+    """JSON objects, one per line (blank lines skipped), with a one-line error naming the bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise JudgeError(f"no such file: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise JudgeError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def rater_agreement(rows: Sequence[Mapping], raters: Mapping[str, Mapping[str, int]],
+                    judges: Mapping[str, Sequence[bool | None]] | None = None, *, bootstrap: int = 1000) -> dict:
+    """How well people agree with each other, and each judge with the majority of them, on ``rows``.
+
+    ``rows`` are labelled rows (their ``label`` is the first rater, ``labels``); ``raters`` adds independent
+    labels by row id (every row must have one from each rater); ``judges`` are verdicts aligned with ``rows``.
+    Per kind of request (``all``, ``attack``, ``benign``): Cohen's κ for every pair of raters, and each
+    judge's κ against the majority label of all raters, the first included (with an even number of
+    raters a tie counts as a success). Intervals resample whole requests.
+    """
+    ids = [r.get("id") for r in rows]
+    for name, labels in raters.items():
+        missing = [i for i in ids if i not in labels]
+        if missing:
+            raise JudgeError(f"rater {name!r} has no label for {len(missing)} of {len(rows)} rows (e.g. {missing[0]!r})")
+    people = {"labels": [int(r["label"]) for r in rows], **{n: [labels[i] for i in ids] for n, labels in raters.items()}}
+    majority = [int(2 * sum(v[k] for v in people.values()) >= len(people)) for k in range(len(rows))]
+    groups = [request_of(r) for r in rows]
+    out: dict = {"raters": list(people), "n": len(rows)}
+    names = list(people)
+    for kind in ("all", "attack", "benign"):
+        idx = [k for k, r in enumerate(rows) if kind == "all" or (r.get("kind") or "attack") == kind]
+        if not idx:
+            continue
+        part: dict = {"n": len(idx), "positives": {n: sum(people[n][k] for k in idx) for n in names},
+                      "majority_positives": sum(majority[k] for k in idx), "pairs": [], "judges": {}}
+        for a_i, a in enumerate(names):
+            for b in names[a_i + 1:]:
+                m = binary_metrics([people[a][k] for k in idx], [bool(people[b][k]) for k in idx],
+                                   bootstrap=bootstrap, groups=[groups[k] for k in idx])
+                part["pairs"].append({"raters": [a, b], **m})
+        for name, verdicts in (judges or {}).items():
+            part["judges"][name] = binary_metrics([majority[k] for k in idx], [verdicts[k] for k in idx],
+                                                  bootstrap=bootstrap, groups=[groups[k] for k in idx])
+        out[kind] = part
+    return out
+
+
 def binary_metrics(labels: Sequence[int | bool], predicted: Sequence[bool | None], *, bootstrap: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, groups: Sequence | None = None) -> dict:
     """κ (with a bootstrap 95% interval), precision, recall, accuracy and the confusion counts.
 
     Undecided predictions (None) count as "not a success", as they do not enter an ASR as successes.
+    ``groups`` (e.g. the request of each row): the bootstrap resamples whole groups instead of rows.
+    Answers to one request (several models, several attacks) are not independent, so a row
+    bootstrap gives too narrow an interval; ``kappa_ci95_by`` says which was used.
     """
     if len(labels) != len(predicted):
         raise ValueError(f"{len(labels)} labels but {len(predicted)} predictions")
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(groups)} groups")
     y = [bool(v) for v in labels]
     p = [bool(v) for v in predicted]
     tp = sum(a and b for a, b in zip(y, p))
@@ -91,11 +164,18 @@ def binary_metrics(labels: Sequence[int | bool], predicted: Sequence[bool | None
     tn = len(y) - tp - fp - fn
     kappa = cohen_kappa(y, p)
     lo = hi = None
-    if bootstrap and len(y) > 1 and kappa is not None:
+    if groups is not None:
+        members: dict = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        clusters = list(members.values())
+    else:
+        clusters = [[i] for i in range(len(y))]
+    if bootstrap and len(clusters) > 1 and kappa is not None:
         rng = random.Random(seed)
         ks = []
         for _ in range(bootstrap):
-            idx = [rng.randrange(len(y)) for _ in y]
+            idx = [i for _ in clusters for i in clusters[rng.randrange(len(clusters))]]
             k = cohen_kappa([y[i] for i in idx], [p[i] for i in idx])
             if k is not None:
                 ks.append(k)
@@ -104,6 +184,7 @@ def binary_metrics(labels: Sequence[int | bool], predicted: Sequence[bool | None
             lo, hi = ks[int(0.025 * len(ks))], ks[min(len(ks) - 1, int(0.975 * len(ks)))]
     return {
         "n": len(y), "positives": sum(y), "kappa": kappa, "kappa_ci95": [lo, hi] if lo is not None else None,
+        "kappa_ci95_by": "group" if groups is not None else "row", "groups": len(clusters),
         "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
         "accuracy": (tp + tn) / len(y) if y else None, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
     }

@@ -4,7 +4,7 @@ Rows are shaped like ``generations.jsonl``: ``behaviour`` (or ``prompt``), ``ans
 continuation, never including the prefill), optionally ``kind`` (``attack`` / ``benign``),
 ``prefill``, ``attacked_prompt``. Each output row is the input row plus ``verdicts`` (one per judge).
 When rows carry a human ``label`` (0/1), each judge's agreement with the labels is printed (κ with a
-bootstrap interval, precision, recall); when several judges run, their pairwise agreement is printed.
+bootstrap interval that resamples whole requests, precision, recall); when several judges run, their pairwise agreement is printed.
 """
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def judge_rows(rows: list[dict], specs: list[dict]) -> dict[str, list]:
 
 
 def run_judge(args) -> int:
-    from latkit.judges.calibration import binary_metrics, load_labelled, shipped_labels_path, split_of, write_jsonl
+    from latkit.judges.calibration import (binary_metrics, load_labelled, request_of, shipped_labels_path, split_of,
+                                           write_jsonl)
 
     try:
         source = shipped_labels_path() if args.generations == "labels" else Path(args.generations)
@@ -108,7 +109,8 @@ def run_judge(args) -> int:
     if labelled:
         print(f"agreement with the labels (n={len(labelled)}):")
         for name, vs in verdicts.items():
-            m = binary_metrics([rows[i]["label"] for i in labelled], [vs[i].harmful for i in labelled])
+            m = binary_metrics([rows[i]["label"] for i in labelled], [vs[i].harmful for i in labelled],
+                               groups=[request_of(rows[i]) for i in labelled])
             print(format_metrics(name, m))
     if len(verdicts) > 1:
         for row in pairwise_agreement({n: [v.harmful for v in vs] for n, vs in verdicts.items()}):
@@ -123,6 +125,7 @@ def format_metrics(name: str, m: dict) -> str:
         return "–" if x is None else f"{x:.3f}"
 
     ci = m.get("kappa_ci95")
-    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    by = " by request" if m.get("kappa_ci95_by") == "group" else ""
+    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}{by}]" if ci else ""
     return (f"  {name}: κ {f(m['kappa'])}{ci_text}, precision {f(m['precision'])}, recall {f(m['recall'])}, "
             f"accuracy {f(m['accuracy'])} (tp {m['tp']}, fp {m['fp']}, fn {m['fn']}, tn {m['tn']})")
