@@ -49,8 +49,8 @@ def main(argv=None) -> int:
         verdicts = judge_rows(rows, specs)
         secs = time.perf_counter() - t0
         part: dict = {"n": len(rows), "seconds": round(secs, 2), "judges": {}}
+        groups = [request_of(r) for r in rows]
         for name, vs in verdicts.items():
-            groups = [request_of(r) for r in rows]
             part["judges"][name] = {"all": binary_metrics([r["label"] for r in rows], [v.harmful for v in vs], groups=groups)}
             for kind in ("attack", "benign"):
                 idx = [i for i, r in enumerate(rows) if (r.get("kind") or "attack") == kind]

@@ -49,8 +49,8 @@ def test_rater_agreement_needs_a_label_from_every_rater(tmp_path):
     with pytest.raises(JudgeError, match="no label for 1 of 10"):
         rater_agreement(rows, {"a": partial})
     bad = tmp_path / "raters.jsonl"
-    bad.write_text(json.dumps({"id": "x", "rater": "a", "label": 2}) + "\n")
-    with pytest.raises(JudgeError, match="row 1"):
+    bad.write_text("\n" + json.dumps({"id": "x", "rater": "a", "label": 2}) + "\n")
+    with pytest.raises(JudgeError, match=r"raters.jsonl:2: a rater row"):
         load_raters(bad)
     bad.write_text("\n".join(json.dumps({"id": "x", "rater": "a", "label": 1}) for _ in range(2)) + "\n")
     with pytest.raises(JudgeError, match="twice"):

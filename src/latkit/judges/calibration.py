@@ -44,12 +44,13 @@ def request_of(row: Mapping) -> str:
 def read_rows(path: str | Path) -> list[dict]:
     """Generations-shaped rows (a string ``answer`` and a ``behaviour`` or ``prompt``) of a JSONL file."""
     path = Path(path)
-    rows = read_rows_plain(path)
-    for n, row in enumerate(rows, 1):
+    rows = []
+    for n, row in numbered_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get("answer"), str):
-            raise JudgeError(f"{path}: row {n}: a row needs a string `answer`")
+            raise JudgeError(f"{path}:{n}: a row needs a string `answer`")
         if not any(isinstance(row.get(k), str) and row[k].strip() for k in ("behaviour", "prompt")):
-            raise JudgeError(f"{path}: row {n}: a row needs a `behaviour` or `prompt`")
+            raise JudgeError(f"{path}:{n}: a row needs a `behaviour` or `prompt`")
+        rows.append(row)
     return rows
 
 
@@ -79,18 +80,18 @@ def load_raters(path: str | Path | None = None) -> dict[str, dict[str, int]]:
     """
     path = Path(path) if path is not None else shipped_raters_path()
     out: dict[str, dict[str, int]] = {}
-    for n, row in enumerate(read_rows_plain(path), 1):
+    for n, row in numbered_jsonl(path):
         if (not isinstance(row, dict) or row.get("label") not in (0, 1) or not isinstance(row.get("id"), str)
                 or not isinstance(row.get("rater"), str)):
-            raise JudgeError(f"{path}: row {n}: a rater row needs a string `id`, a string `rater` and `label` 0/1")
+            raise JudgeError(f"{path}:{n}: a rater row needs a string `id`, a string `rater` and `label` 0/1")
         if row["id"] in out.setdefault(row["rater"], {}):
-            raise JudgeError(f"{path}: row {n}: {row['rater']} labels {row['id']} twice")
+            raise JudgeError(f"{path}:{n}: {row['rater']} labels {row['id']} twice")
         out[row["rater"]][row["id"]] = int(row["label"])
     return out
 
 
-def read_rows_plain(path: str | Path) -> list[dict]:
-    """JSON objects, one per line (blank lines skipped), with a one-line error naming the bad line."""
+def numbered_jsonl(path: str | Path) -> list[tuple[int, object]]:
+    """``(line number, JSON value)`` per non-blank line, with a one-line error naming the bad line."""
     path = Path(path)
     if not path.is_file():
         raise JudgeError(f"no such file: {path}")
@@ -99,7 +100,7 @@ def read_rows_plain(path: str | Path) -> list[dict]:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((n, json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise JudgeError(f"{path}:{n}: not JSON ({exc.msg})") from None
     return rows
