@@ -145,3 +145,8 @@ finally:
 trace["step"] = t.step
 trace["final"] = {n: full(p).clone() for n, p in t.inner.named_parameters() if p.requires_grad}
 torch.save(trace, out / f"trace-rank{rank}.pt")
+# Leave the process group before the interpreter exits: a gloo group torn down by interpreter exit
+# can abort a rank ("terminate called without an active exception", exit -6) after its work is done.
+if torch.distributed.is_available() and torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
